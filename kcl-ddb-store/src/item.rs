@@ -1,0 +1,287 @@
+//! Items ⇄ values: the KCL 3.x attribute names and types of the three tables.
+//!
+//! Lease table `<app>` (key `leaseKey`), coordinator state `<app>-CoordinatorState` (key `key`),
+//! worker metrics `<app>-WorkerMetricStats` (key `wid`), as the Java KCL 3.0–3.4 writes them
+//! (reference/kcl.md §b). Reading also accepts items of the KCL 3.5 single-table layout: items
+//! whose `entityType` is not `LEASE` are not leases and are skipped.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use aws_sdk_dynamodb::primitives::Blob;
+use aws_sdk_dynamodb::types::AttributeValue;
+use bytes::Bytes;
+use kcl::Lease;
+use kcl::store::{LockItem, StoreError, WorkerMetrics};
+use kinesis_core::{ExtendedSequenceNumber, HashKeyRange};
+
+/// A DynamoDB item.
+pub type Item = HashMap<String, AttributeValue>;
+
+/// Lease table attribute names (Java KCL `DynamoDBLeaseSerializer`).
+pub mod lease_attr {
+    /// Partition key: the shard id (single-stream applications).
+    pub const LEASE_KEY: &str = "leaseKey";
+    /// Holder of the lease; the GSI's partition key.
+    pub const LEASE_OWNER: &str = "leaseOwner";
+    /// Optimistic-lock and heartbeat counter.
+    pub const LEASE_COUNTER: &str = "leaseCounter";
+    /// Checkpoint: a sequence number or a sentinel.
+    pub const CHECKPOINT: &str = "checkpoint";
+    /// Sub-sequence number of the checkpoint.
+    pub const CHECKPOINT_SUB: &str = "checkpointSubSequenceNumber";
+    /// Prepared checkpoint.
+    pub const PENDING_CHECKPOINT: &str = "pendingCheckpoint";
+    /// Sub-sequence number of the prepared checkpoint.
+    pub const PENDING_CHECKPOINT_SUB: &str = "pendingCheckpointSubSequenceNumber";
+    /// Application state of the prepared checkpoint.
+    pub const PENDING_CHECKPOINT_STATE: &str = "pendingCheckpointState";
+    /// Owner changes since the last checkpoint.
+    pub const OWNER_SWITCHES: &str = "ownerSwitchesSinceCheckpoint";
+    /// Parent shard ids (string set).
+    pub const PARENT_SHARD_IDS: &str = "parentShardId";
+    /// Child shard ids (string set).
+    pub const CHILD_SHARD_IDS: &str = "childShardIds";
+    /// Start of the shard's hash range (decimal).
+    pub const STARTING_HASH_KEY: &str = "startingHashKey";
+    /// End of the shard's hash range (decimal).
+    pub const ENDING_HASH_KEY: &str = "endingHashKey";
+    /// Throughput delivered to the processor, KB/s.
+    pub const THROUGHPUT: &str = "throughputKBps";
+    /// Previous owner during a graceful handoff.
+    pub const CHECKPOINT_OWNER: &str = "checkpointOwner";
+    /// KCL 3.5 single-table entity type.
+    pub const ENTITY_TYPE: &str = "entityType";
+}
+
+/// Coordinator-state (lock) attribute names (DynamoDB lock client).
+pub mod lock_attr {
+    /// Partition key of the coordinator-state table.
+    pub const KEY: &str = "key";
+    /// Lock holder.
+    pub const OWNER_NAME: &str = "ownerName";
+    /// Version rewritten on every heartbeat.
+    pub const RECORD_VERSION: &str = "recordVersionNumber";
+    /// Lease duration in milliseconds, as a string.
+    pub const LEASE_DURATION: &str = "leaseDuration";
+    /// Set when the holder released the lock without deleting it.
+    pub const IS_RELEASED: &str = "isReleased";
+}
+
+/// Worker-metrics attribute names (Java KCL `WorkerMetricStats`).
+pub mod metrics_attr {
+    /// Partition key: the worker id.
+    pub const WORKER_ID: &str = "wid";
+    /// Last update, epoch seconds.
+    pub const LAST_UPDATE: &str = "lut";
+    /// Metric samples: map of metric name to list of numbers.
+    pub const STATS: &str = "sts";
+    /// Operating range: map of metric name to list of numbers.
+    pub const OPERATING_RANGE: &str = "opr";
+}
+
+pub(crate) fn s(value: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(value.into())
+}
+
+pub(crate) fn n(value: impl ToString) -> AttributeValue {
+    AttributeValue::N(value.to_string())
+}
+
+fn malformed(table: &str, details: impl Into<String>) -> StoreError {
+    StoreError::Malformed { table: table.to_owned(), details: details.into() }
+}
+
+fn get_s<'a>(item: &'a Item, name: &str) -> Option<&'a str> {
+    item.get(name).and_then(|v| v.as_s().ok()).map(String::as_str)
+}
+
+fn get_n<T: std::str::FromStr>(item: &Item, name: &str, table: &str) -> Result<Option<T>, StoreError> {
+    match item.get(name) {
+        None => Ok(None),
+        Some(AttributeValue::N(text)) => {
+            text.parse().map(Some).map_err(|_| malformed(table, format!("{name} is not a number: {text}")))
+        }
+        Some(_) => Err(malformed(table, format!("{name} is not of type N"))),
+    }
+}
+
+fn get_ss(item: &Item, name: &str) -> Vec<String> {
+    let mut values = match item.get(name) {
+        Some(AttributeValue::Ss(values)) => values.clone(),
+        Some(AttributeValue::L(values)) => values.iter().filter_map(|v| v.as_s().ok().cloned()).collect(),
+        _ => Vec::new(),
+    };
+    values.sort();
+    values
+}
+
+/// The full item the lease table holds for `lease` (what `create_lease_if_not_exists` writes).
+pub fn lease_to_item(lease: &Lease) -> Item {
+    use lease_attr::*;
+    let mut item = Item::new();
+    item.insert(LEASE_KEY.into(), s(&lease.lease_key));
+    if let Some(owner) = &lease.lease_owner {
+        item.insert(LEASE_OWNER.into(), s(owner));
+    }
+    item.insert(LEASE_COUNTER.into(), n(lease.lease_counter));
+    item.insert(CHECKPOINT.into(), s(lease.checkpoint.checkpoint_text()));
+    item.insert(CHECKPOINT_SUB.into(), n(lease.checkpoint.sub_sequence_number()));
+    if let Some(pending) = &lease.pending_checkpoint {
+        item.insert(PENDING_CHECKPOINT.into(), s(pending.checkpoint_text()));
+        item.insert(PENDING_CHECKPOINT_SUB.into(), n(pending.sub_sequence_number()));
+    }
+    if let Some(state) = &lease.pending_checkpoint_state {
+        item.insert(PENDING_CHECKPOINT_STATE.into(), AttributeValue::B(Blob::new(state.to_vec())));
+    }
+    item.insert(OWNER_SWITCHES.into(), n(lease.owner_switches_since_checkpoint));
+    if !lease.parent_shard_ids.is_empty() {
+        item.insert(PARENT_SHARD_IDS.into(), AttributeValue::Ss(lease.parent_shard_ids.clone()));
+    }
+    if !lease.child_shard_ids.is_empty() {
+        item.insert(CHILD_SHARD_IDS.into(), AttributeValue::Ss(lease.child_shard_ids.clone()));
+    }
+    if let Some(range) = &lease.hash_key_range {
+        item.insert(STARTING_HASH_KEY.into(), s(range.start().to_string()));
+        item.insert(ENDING_HASH_KEY.into(), s(range.end().to_string()));
+    }
+    if let Some(tp) = lease.throughput_kbps {
+        item.insert(THROUGHPUT.into(), n(tp));
+    }
+    if let Some(owner) = &lease.checkpoint_owner {
+        item.insert(CHECKPOINT_OWNER.into(), s(owner));
+    }
+    item
+}
+
+/// Reads a lease item; `Ok(None)` for items of another entity type (KCL 3.5 single table).
+pub fn item_to_lease(item: &Item, table: &str) -> Result<Option<Lease>, StoreError> {
+    use lease_attr::*;
+    if get_s(item, ENTITY_TYPE).is_some_and(|t| t != "LEASE") {
+        return Ok(None);
+    }
+    let key = get_s(item, LEASE_KEY).ok_or_else(|| malformed(table, "item without leaseKey"))?;
+    let sub = get_n::<u64>(item, CHECKPOINT_SUB, table)?.unwrap_or(0);
+    let checkpoint = match get_s(item, CHECKPOINT) {
+        Some(text) => ExtendedSequenceNumber::parse(text, sub)
+            .map_err(|e| malformed(table, format!("lease {key}: checkpoint: {e}")))?,
+        None => ExtendedSequenceNumber::TrimHorizon,
+    };
+    let pending_checkpoint = match get_s(item, PENDING_CHECKPOINT) {
+        Some(text) => {
+            let sub = get_n::<u64>(item, PENDING_CHECKPOINT_SUB, table)?.unwrap_or(0);
+            Some(
+                ExtendedSequenceNumber::parse(text, sub)
+                    .map_err(|e| malformed(table, format!("lease {key}: pendingCheckpoint: {e}")))?,
+            )
+        }
+        None => None,
+    };
+    let pending_checkpoint_state = match item.get(PENDING_CHECKPOINT_STATE) {
+        Some(AttributeValue::B(blob)) => Some(Bytes::copy_from_slice(blob.as_ref())),
+        _ => None,
+    };
+    let hash_key_range = match (get_s(item, STARTING_HASH_KEY), get_s(item, ENDING_HASH_KEY)) {
+        (Some(start), Some(end)) => Some(
+            HashKeyRange::parse(start, end).map_err(|e| malformed(table, format!("lease {key}: hash range: {e}")))?,
+        ),
+        _ => None,
+    };
+    Ok(Some(Lease {
+        lease_key: key.to_owned(),
+        lease_owner: get_s(item, LEASE_OWNER).map(str::to_owned),
+        lease_counter: get_n(item, LEASE_COUNTER, table)?.unwrap_or(0),
+        checkpoint,
+        pending_checkpoint,
+        pending_checkpoint_state,
+        owner_switches_since_checkpoint: get_n(item, OWNER_SWITCHES, table)?.unwrap_or(0),
+        parent_shard_ids: get_ss(item, PARENT_SHARD_IDS),
+        child_shard_ids: get_ss(item, CHILD_SHARD_IDS),
+        hash_key_range,
+        throughput_kbps: get_n(item, THROUGHPUT, table)?,
+        checkpoint_owner: get_s(item, CHECKPOINT_OWNER).map(str::to_owned),
+    }))
+}
+
+/// The lock item the coordinator-state table holds.
+pub fn lock_to_item(lock: &LockItem) -> Item {
+    use lock_attr::*;
+    let mut item = Item::new();
+    item.insert(KEY.into(), s(&lock.key));
+    item.insert(OWNER_NAME.into(), s(&lock.owner));
+    item.insert(RECORD_VERSION.into(), s(&lock.record_version));
+    item.insert(LEASE_DURATION.into(), s(lock.lease_duration.as_millis().to_string()));
+    if lock.is_released {
+        item.insert(IS_RELEASED.into(), AttributeValue::Bool(true));
+    }
+    item
+}
+
+/// Reads a lock item.
+pub fn item_to_lock(item: &Item, table: &str) -> Result<LockItem, StoreError> {
+    use lock_attr::*;
+    let key = get_s(item, KEY).ok_or_else(|| malformed(table, "lock item without key"))?;
+    let duration_ms: u64 = match item.get(LEASE_DURATION) {
+        Some(AttributeValue::S(text)) | Some(AttributeValue::N(text)) => {
+            text.parse().map_err(|_| malformed(table, format!("lock {key}: leaseDuration {text}")))?
+        }
+        _ => 0,
+    };
+    let is_released = match item.get(IS_RELEASED) {
+        Some(AttributeValue::Bool(b)) => *b,
+        Some(AttributeValue::S(text)) => text == "1" || text == "true",
+        _ => false,
+    };
+    Ok(LockItem {
+        key: key.to_owned(),
+        owner: get_s(item, OWNER_NAME).unwrap_or_default().to_owned(),
+        record_version: get_s(item, RECORD_VERSION).unwrap_or_default().to_owned(),
+        lease_duration: Duration::from_millis(duration_ms),
+        is_released,
+    })
+}
+
+fn number_lists(map: &BTreeMap<String, Vec<f64>>) -> AttributeValue {
+    AttributeValue::M(map.iter().map(|(k, v)| (k.clone(), AttributeValue::L(v.iter().map(n).collect()))).collect())
+}
+
+fn read_number_lists(item: &Item, name: &str, table: &str) -> Result<BTreeMap<String, Vec<f64>>, StoreError> {
+    let Some(AttributeValue::M(map)) = item.get(name) else { return Ok(BTreeMap::new()) };
+    map.iter()
+        .map(|(k, v)| {
+            let list = v.as_l().map_err(|_| malformed(table, format!("{name}.{k} is not a list")))?;
+            let values = list
+                .iter()
+                .map(|x| {
+                    x.as_n()
+                        .ok()
+                        .and_then(|t| t.parse::<f64>().ok())
+                        .ok_or_else(|| malformed(table, format!("{name}.{k} holds a non-number")))
+                })
+                .collect::<Result<Vec<f64>, _>>()?;
+            Ok((k.clone(), values))
+        })
+        .collect()
+}
+
+/// The item the worker-metrics table holds.
+pub fn metrics_to_item(metrics: &WorkerMetrics) -> Item {
+    use metrics_attr::*;
+    let mut item = Item::new();
+    item.insert(WORKER_ID.into(), s(&metrics.worker_id));
+    item.insert(LAST_UPDATE.into(), n(metrics.last_update_secs));
+    item.insert(STATS.into(), number_lists(&metrics.metric_stats));
+    item.insert(OPERATING_RANGE.into(), number_lists(&metrics.operating_range));
+    item
+}
+
+/// Reads a worker-metrics item.
+pub fn item_to_metrics(item: &Item, table: &str) -> Result<WorkerMetrics, StoreError> {
+    use metrics_attr::*;
+    Ok(WorkerMetrics {
+        worker_id: get_s(item, WORKER_ID).ok_or_else(|| malformed(table, "metrics item without wid"))?.to_owned(),
+        last_update_secs: get_n(item, LAST_UPDATE, table)?.unwrap_or(0),
+        metric_stats: read_number_lists(item, STATS, table)?,
+        operating_range: read_number_lists(item, OPERATING_RANGE, table)?,
+    })
+}

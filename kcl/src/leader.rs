@@ -1,0 +1,532 @@
+//! Leader election and the leader's duties (assignment passes, shard sync, lease cleanup).
+//!
+//! # Election
+//!
+//! Leadership is the coordinator store's lock item `Leader`, held with a lease of
+//! `leader_lock_duration` (8 s) and heartbeated every `leader_heartbeat_interval` (2 s); every
+//! heartbeat writes a new record version. A non-leader reads the lock every
+//! `leader_check_interval` (2 s) and remembers when it first saw the current version, on its own
+//! clock. It takes the lock (conditionally on that version) only after seeing the same version
+//! for the lock's full lease duration — no clock agreement between hosts is needed. An absent or
+//! released lock is taken at once. A leader that cannot heartbeat for `lock duration − heartbeat`
+//! stops acting as leader before anyone may take over; one whose heartbeat is refused stops at
+//! once. On graceful shutdown the leader releases the lock.
+//!
+//! With the defaults a crashed leader is replaced ≤ 10 s after its last heartbeat (≤ 2 s until a
+//! contender first sees the final version, then 8 s), and the new leader's first assignment pass
+//! follows within 2 s.
+//!
+//! # Expiry (the leader's local view)
+//!
+//! The leader keeps, per lease, the counter it last saw and the instant (its own tokio clock) it
+//! first saw that counter. A lease is expired when it is owned and its counter has not changed
+//! for `lease_duration`. Counters only grow, so an observation stays valid across gaps between
+//! scans. A leader scans every `lease_assignment_interval` (2.5 s) and additionally at the
+//! instant the oldest observation would expire, so an expiry is acted on when it happens, not a
+//! whole pass later.
+//!
+//! **New leader rule.** A new leader has no observations, and the KCL's LAM can therefore expire
+//! nothing on its first pass. Here a contender that sees the lock's version unchanged for two
+//! heartbeat periods (the leader looks dead) starts *standby scans*: on each lock check it reads
+//! the lease table and the worker metrics and records observations without writing. When it takes
+//! the lock 8 s after the last version change, it has watched the dead leader's leases for ≈ 4 s
+//! already, so they expire one lease duration after the standby scans began — ≈ 14–16 s after
+//! the crash — instead of a lease duration after the takeover. Standby scans happen only while the
+//! lock looks stale, so a healthy fleet pays nothing for them.
+//!
+//! # Live workers
+//!
+//! A worker may receive leases while its metrics row keeps changing: the leader records, per
+//! worker, the `last_update_secs` it last saw and when it first saw it; a row unchanged for a
+//! lease duration, or absent, marks the worker dead (it receives nothing; its leases expire on
+//! their counters). A new leader gives every existing row the benefit of the doubt, except the
+//! previous lock holder it just replaced, which is taken as dead until its row changes again.
+//! Rows unchanged for `stale_worker_metrics_cleanup` are deleted.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::time::{Instant, sleep_until};
+
+use crate::assignment::{self, Action, AssignmentInput, LeaseInfo, WorkerInfo};
+use crate::lease::Lease;
+use crate::lineage;
+use crate::scheduler::WorkerContext;
+use crate::shard_sync;
+use crate::store::{LockItem, StoreError, WorkerMetrics};
+use crate::worker_metrics::{cpu_of, max_cpu_of};
+
+/// The key of the leader lock in the coordinator store.
+pub const LEADER_LOCK_KEY: &str = "Leader";
+
+/// Per lease: the counter last seen and when it was first seen (local clock).
+#[derive(Debug)]
+pub(crate) struct ExpiryTracker {
+    lease_duration: Duration,
+    seen: HashMap<String, (u64, Instant)>,
+}
+
+impl ExpiryTracker {
+    pub fn new(lease_duration: Duration) -> Self {
+        ExpiryTracker { lease_duration, seen: HashMap::new() }
+    }
+
+    /// Records a full scan: new or changed counters restart their clocks; leases no longer
+    /// listed are forgotten.
+    pub fn observe_all(&mut self, leases: &[Lease], now: Instant) {
+        let keys: HashSet<&str> = leases.iter().map(|l| l.lease_key.as_str()).collect();
+        self.seen.retain(|k, _| keys.contains(k.as_str()));
+        for lease in leases {
+            self.observe(lease, now);
+        }
+    }
+
+    /// Records one observation of a lease.
+    pub fn observe(&mut self, lease: &Lease, now: Instant) {
+        match self.seen.get_mut(&lease.lease_key) {
+            Some((counter, _)) if *counter == lease.lease_counter => {}
+            Some(entry) => *entry = (lease.lease_counter, now),
+            None => {
+                self.seen.insert(lease.lease_key.clone(), (lease.lease_counter, now));
+            }
+        }
+    }
+
+    /// Whether the lease is owned and its counter was seen unchanged for a lease duration.
+    pub fn is_expired(&self, lease: &Lease, now: Instant) -> bool {
+        lease.lease_owner.is_some()
+            && self.seen.get(&lease.lease_key).is_some_and(|(counter, since)| {
+                *counter == lease.lease_counter && now.saturating_duration_since(*since) >= self.lease_duration
+            })
+    }
+
+    /// The earliest instant at which one of these owned leases would expire, if not yet expired.
+    pub fn next_expiry(&self, leases: &[Lease], now: Instant) -> Option<Instant> {
+        leases
+            .iter()
+            .filter(|l| l.lease_owner.is_some() && !l.is_finished())
+            .filter_map(|l| self.seen.get(&l.lease_key))
+            .map(|(_, since)| *since + self.lease_duration)
+            .filter(|at| *at > now)
+            .min()
+    }
+}
+
+/// Per worker: the metrics row's `last_update_secs` last seen and when it was first seen.
+#[derive(Debug)]
+pub(crate) struct WorkerLiveness {
+    dead_after: Duration,
+    seen: HashMap<String, (u64, Instant)>,
+    suspects: HashSet<String>,
+}
+
+impl WorkerLiveness {
+    pub fn new(dead_after: Duration) -> Self {
+        WorkerLiveness { dead_after, seen: HashMap::new(), suspects: HashSet::new() }
+    }
+
+    pub fn observe_all(&mut self, rows: &[WorkerMetrics], now: Instant) {
+        let ids: HashSet<&str> = rows.iter().map(|r| r.worker_id.as_str()).collect();
+        self.seen.retain(|k, _| ids.contains(k.as_str()));
+        for row in rows {
+            match self.seen.get_mut(&row.worker_id) {
+                Some((secs, _)) if *secs == row.last_update_secs => {}
+                Some(entry) => {
+                    *entry = (row.last_update_secs, now);
+                    self.suspects.remove(&row.worker_id);
+                }
+                None => {
+                    self.seen.insert(row.worker_id.clone(), (row.last_update_secs, now));
+                }
+            }
+        }
+    }
+
+    /// Takes `worker` as dead until its row changes.
+    pub fn suspect(&mut self, worker: &str) {
+        self.suspects.insert(worker.to_owned());
+    }
+
+    pub fn is_alive(&self, worker: &str, now: Instant) -> bool {
+        !self.suspects.contains(worker)
+            && self.seen.get(worker).is_some_and(|(_, since)| now.saturating_duration_since(*since) < self.dead_after)
+    }
+
+    /// Rows seen unchanged for at least `age`.
+    pub fn unchanged_for(&self, age: Duration, now: Instant) -> Vec<(String, u64)> {
+        self.seen
+            .iter()
+            .filter(|(_, (_, since))| now.saturating_duration_since(*since) >= age)
+            .map(|(id, (secs, _))| (id.clone(), *secs))
+            .collect()
+    }
+}
+
+struct Held {
+    lock: LockItem,
+    last_heartbeat_ok: Instant,
+    next_heartbeat: Instant,
+    next_pass: Instant,
+    next_sync: Instant,
+    passes: u64,
+}
+
+/// The leader-election and leader-duty loop of one worker.
+pub(crate) struct Leader {
+    ctx: Arc<WorkerContext>,
+    expiry: ExpiryTracker,
+    liveness: WorkerLiveness,
+    held: Option<Held>,
+    /// The lock version last seen as a contender, and when it was first seen.
+    watched: Option<(String, Instant)>,
+}
+
+impl Leader {
+    pub fn new(ctx: Arc<WorkerContext>) -> Self {
+        let lease_duration = ctx.config.lease_duration;
+        Leader {
+            ctx,
+            expiry: ExpiryTracker::new(lease_duration),
+            liveness: WorkerLiveness::new(lease_duration),
+            held: None,
+            watched: None,
+        }
+    }
+
+    /// Runs until abort (drops everything) or shutdown (releases the lock).
+    pub async fn run(mut self) {
+        loop {
+            let wake = self.step().await;
+            tokio::select! {
+                biased;
+                () = self.ctx.abort.cancelled() => return,
+                () = self.ctx.shutdown.cancelled() => {
+                    if !self.ctx.abort.is_cancelled() {
+                        self.resign().await;
+                    }
+                    return;
+                }
+                () = sleep_until(wake) => {}
+            }
+        }
+    }
+
+    fn me(&self) -> &str {
+        &self.ctx.worker_id
+    }
+
+    /// One step; returns when to wake next.
+    async fn step(&mut self) -> Instant {
+        if self.held.is_none() {
+            self.contend().await;
+            if self.held.is_none() {
+                return Instant::now() + self.ctx.config.leader_check_interval;
+            }
+        }
+        let now = Instant::now();
+        if self.held.as_ref().is_some_and(|h| now >= h.next_heartbeat) {
+            self.heartbeat().await;
+        }
+        if self.held.as_ref().is_some_and(|h| Instant::now() >= h.next_sync) {
+            match shard_sync::sync(&self.ctx).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(created = n, "shard sync created leases"),
+                Err(e) => tracing::warn!(error = %e, "shard sync failed"),
+            }
+            if let Some(h) = self.held.as_mut() {
+                h.next_sync = Instant::now() + self.ctx.config.shard_sync_interval;
+            }
+        }
+        if self.held.as_ref().is_some_and(|h| Instant::now() >= h.next_pass) {
+            let next = self.assignment_pass().await;
+            if let Some(h) = self.held.as_mut() {
+                h.next_pass = next;
+            }
+        }
+        match &self.held {
+            Some(h) => h.next_heartbeat.min(h.next_pass).min(h.next_sync),
+            None => Instant::now() + self.ctx.config.leader_check_interval,
+        }
+    }
+
+    async fn contend(&mut self) {
+        let store = self.ctx.coordinator_store.clone();
+        let lock = match store.get_lock(LEADER_LOCK_KEY).await {
+            Ok(lock) => lock,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the leader lock failed");
+                return;
+            }
+        };
+        let now = Instant::now();
+        match lock {
+            None => self.try_acquire(None, false).await,
+            Some(item) if item.is_released => self.try_acquire(Some(&item), false).await,
+            Some(item) if item.owner == self.me() => {
+                // This worker held the lock before a restart: resume it.
+                if let Ok(fresh) = store.heartbeat_lock(&item).await {
+                    self.become_leader(fresh, true);
+                }
+            }
+            Some(item) => match &self.watched {
+                Some((version, since)) if *version == item.record_version => {
+                    let unchanged = now.saturating_duration_since(*since);
+                    if unchanged >= item.lease_duration {
+                        tracing::info!(previous = %item.owner, "leader lock not heartbeated for its lease duration; taking it");
+                        let previous = item.owner.clone();
+                        self.try_acquire(Some(&item), true).await;
+                        if self.held.is_some() {
+                            self.liveness.suspect(&previous);
+                        }
+                    } else if unchanged >= self.ctx.config.leader_heartbeat_interval * 2 {
+                        self.standby_scan().await;
+                    }
+                }
+                _ => self.watched = Some((item.record_version, now)),
+            },
+        }
+    }
+
+    async fn try_acquire(&mut self, expected: Option<&LockItem>, takeover: bool) {
+        let duration = self.ctx.config.leader_lock_duration;
+        match self.ctx.coordinator_store.acquire_lock(LEADER_LOCK_KEY, self.me(), duration, expected).await {
+            Ok(item) => self.become_leader(item, takeover),
+            Err(StoreError::LockLost { current }) => {
+                self.watched = current.map(|c| (c.record_version, Instant::now()));
+            }
+            Err(e) => tracing::warn!(error = %e, "acquiring the leader lock failed"),
+        }
+    }
+
+    /// Takes office. `takeover`: the lock was taken from a leader that stopped heartbeating (the
+    /// fleet is running, pass at once); otherwise the lock was free (the fleet may be starting:
+    /// wait up to 2 s so workers starting together report their metrics before the first pass).
+    fn become_leader(&mut self, lock: LockItem, takeover: bool) {
+        let now = Instant::now();
+        tracing::info!(worker = %self.ctx.worker_id, takeover, "became leader");
+        let settle =
+            if takeover { Duration::ZERO } else { self.ctx.config.assignment_interval().min(Duration::from_secs(2)) };
+        self.held = Some(Held {
+            lock,
+            last_heartbeat_ok: now,
+            next_heartbeat: now + self.ctx.config.leader_heartbeat_interval,
+            next_pass: now + settle,
+            next_sync: now,
+            passes: 0,
+        });
+        self.watched = None;
+        self.ctx.metrics.is_leader.set(1.0);
+        self.ctx.metrics.leader_changes.increment(1);
+        self.ctx.set_leader(true);
+    }
+
+    fn step_down(&mut self, why: &str) {
+        if self.held.take().is_some() {
+            tracing::warn!(why, "no longer leader");
+            self.ctx.metrics.is_leader.set(0.0);
+            self.ctx.set_leader(false);
+        }
+    }
+
+    async fn heartbeat(&mut self) {
+        let Some(held) = self.held.as_mut() else { return };
+        let now = Instant::now();
+        match self.ctx.coordinator_store.heartbeat_lock(&held.lock).await {
+            Ok(lock) => {
+                held.lock = lock;
+                held.last_heartbeat_ok = now;
+                held.next_heartbeat = now + self.ctx.config.leader_heartbeat_interval;
+            }
+            Err(StoreError::LockLost { .. }) => self.step_down("leader lock taken over"),
+            Err(e) => {
+                let grace =
+                    self.ctx.config.leader_lock_duration.saturating_sub(self.ctx.config.leader_heartbeat_interval);
+                if now.saturating_duration_since(held.last_heartbeat_ok) >= grace {
+                    self.step_down("cannot heartbeat the leader lock");
+                } else {
+                    tracing::warn!(error = %e, "leader heartbeat failed; retrying");
+                    held.next_heartbeat = now + Duration::from_millis(500);
+                }
+            }
+        }
+    }
+
+    async fn resign(&mut self) {
+        if let Some(held) = self.held.take() {
+            if let Err(e) = self.ctx.coordinator_store.release_lock(&held.lock).await {
+                tracing::warn!(error = %e, "releasing the leader lock failed");
+            }
+            self.ctx.metrics.is_leader.set(0.0);
+            self.ctx.set_leader(false);
+        }
+    }
+
+    /// Reads leases and metrics only to record observations (the leader looks dead).
+    async fn standby_scan(&mut self) {
+        let now = Instant::now();
+        if let Ok(leases) = self.ctx.lease_store.list_leases().await {
+            self.expiry.observe_all(&leases, now);
+        }
+        if let Ok(rows) = self.ctx.metrics_store.list_worker_metrics().await {
+            self.liveness.observe_all(&rows, now);
+        }
+    }
+
+    /// One assignment pass; returns when the next one is due.
+    async fn assignment_pass(&mut self) -> Instant {
+        let interval = self.ctx.config.assignment_interval();
+        let (leases, rows) =
+            match (self.ctx.lease_store.list_leases().await, self.ctx.metrics_store.list_worker_metrics().await) {
+                (Ok(leases), Ok(rows)) => (leases, rows),
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::warn!(error = %e, "assignment pass could not read the stores");
+                    return Instant::now() + interval;
+                }
+            };
+        let now = Instant::now();
+        self.expiry.observe_all(&leases, now);
+        self.liveness.observe_all(&rows, now);
+        let passes = match self.held.as_mut() {
+            Some(h) => {
+                h.passes += 1;
+                h.passes
+            }
+            None => return now + interval,
+        };
+
+        let workers: Vec<WorkerInfo> = rows
+            .iter()
+            .filter(|r| self.liveness.is_alive(&r.worker_id, now))
+            .map(|r| WorkerInfo { worker_id: r.worker_id.clone(), cpu: cpu_of(r), max_cpu: max_cpu_of(r) })
+            .collect();
+        let open: Vec<&Lease> = leases.iter().filter(|l| !l.is_finished()).collect();
+        let infos: Vec<LeaseInfo> = open
+            .iter()
+            .map(|l| LeaseInfo {
+                lease_key: l.lease_key.clone(),
+                owner: l.lease_owner.clone(),
+                in_handoff: l.is_in_handoff(),
+                expired: self.expiry.is_expired(l, now),
+                throughput_kbps: l.throughput_kbps,
+            })
+            .collect();
+        let frequency = u64::from(self.ctx.config.assignment.variance_balancing_frequency);
+        let balance = frequency > 0 && passes % frequency == 0;
+        let plan = assignment::assign(AssignmentInput {
+            leases: &infos,
+            workers: &workers,
+            config: &self.ctx.config.assignment,
+            balance,
+        });
+        let expired = infos.iter().filter(|l| l.expired).count();
+        self.ctx.metrics.num_workers.set(workers.len() as f64);
+        self.ctx.metrics.total_leases.set(leases.len() as f64);
+        self.ctx.metrics.expired_leases.set(expired as f64);
+
+        let by_key: HashMap<&str, &Lease> = leases.iter().map(|l| (l.lease_key.as_str(), l)).collect();
+        let graceful = self.ctx.config.assignment.graceful_handoff;
+        let store = self.ctx.lease_store.clone();
+        let writes = futures::stream::iter(plan.actions.into_iter().filter_map(|action| {
+            let lease = (*by_key.get(action.lease_key())?).clone();
+            let store = store.clone();
+            Some(async move {
+                let result = match &action {
+                    Action::Handoff { to, .. } if graceful => store.initiate_handoff(&lease, to).await,
+                    Action::Handoff { to, .. } | Action::Assign { to, .. } => store.assign_lease(&lease, to).await,
+                };
+                (action, result)
+            })
+        }))
+        .buffer_unordered(8)
+        .collect::<Vec<_>>()
+        .await;
+        let now = Instant::now();
+        for (action, result) in writes {
+            match result {
+                Ok(lease) => {
+                    tracing::info!(?action, "assignment written");
+                    self.ctx.metrics.reassignments.increment(1);
+                    self.expiry.observe(&lease, now);
+                }
+                Err(e) => tracing::info!(?action, error = %e, "assignment not written"),
+            }
+        }
+
+        for key in lineage::finished_leases_to_delete(&leases) {
+            match self.ctx.lease_store.delete_lease(&key).await {
+                Ok(()) => tracing::info!(lease = %key, "deleted finished lease"),
+                Err(e) => tracing::warn!(lease = %key, error = %e, "deleting a finished lease failed"),
+            }
+        }
+        for (worker, secs) in self.liveness.unchanged_for(self.ctx.config.stale_worker_metrics_cleanup, now) {
+            let _ = self.ctx.metrics_store.delete_worker_metrics(&worker, secs).await;
+        }
+
+        // The next pass: the regular period, or exactly when the oldest observation expires.
+        let regular = now + interval;
+        let next = match self.expiry.next_expiry(&leases, now) {
+            Some(at) => regular.min(at + Duration::from_millis(1)),
+            None => regular,
+        };
+        next.max(now + Duration::from_millis(100))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kinesis_core::ExtendedSequenceNumber;
+
+    use super::*;
+
+    fn lease(key: &str, owner: Option<&str>, counter: u64) -> Lease {
+        let mut l = Lease::new(key, ExtendedSequenceNumber::TrimHorizon);
+        l.lease_owner = owner.map(str::to_owned);
+        l.lease_counter = counter;
+        l
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expiry_is_judged_from_the_last_observed_change() {
+        let mut t = ExpiryTracker::new(Duration::from_secs(10));
+        let start = Instant::now();
+        t.observe_all(&[lease("a", Some("w1"), 1), lease("b", None, 0)], start);
+        tokio::time::advance(Duration::from_secs(6)).await;
+        // "a" renews; its clock restarts.
+        t.observe_all(&[lease("a", Some("w1"), 2), lease("b", None, 0)], Instant::now());
+        tokio::time::advance(Duration::from_secs(6)).await;
+        let now = Instant::now();
+        assert!(!t.is_expired(&lease("a", Some("w1"), 2), now), "renewed 6 s ago");
+        assert!(!t.is_expired(&lease("b", None, 0), now), "unowned leases are not 'expired', just unassigned");
+        assert_eq!(t.next_expiry(&[lease("a", Some("w1"), 2)], now), Some(start + Duration::from_secs(16)));
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert!(t.is_expired(&lease("a", Some("w1"), 2), Instant::now()));
+        // A counter seen again after a gap is still the same counter: the observation holds.
+        t.observe_all(&[lease("a", Some("w1"), 3)], Instant::now());
+        assert!(!t.is_expired(&lease("a", Some("w1"), 3), Instant::now()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn liveness_follows_row_changes() {
+        let row = |id: &str, secs| WorkerMetrics {
+            worker_id: id.into(),
+            last_update_secs: secs,
+            metric_stats: Default::default(),
+            operating_range: Default::default(),
+        };
+        let mut l = WorkerLiveness::new(Duration::from_secs(10));
+        l.observe_all(&[row("w1", 100), row("w2", 100)], Instant::now());
+        l.suspect("w2");
+        assert!(l.is_alive("w1", Instant::now()));
+        assert!(!l.is_alive("w2", Instant::now()), "the replaced leader is suspect");
+        tokio::time::advance(Duration::from_secs(5)).await;
+        l.observe_all(&[row("w1", 105), row("w2", 105)], Instant::now());
+        assert!(l.is_alive("w2", Instant::now()), "a changed row clears the suspicion");
+        tokio::time::advance(Duration::from_secs(10)).await;
+        l.observe_all(&[row("w1", 115), row("w2", 105)], Instant::now());
+        assert!(l.is_alive("w1", Instant::now()));
+        assert!(!l.is_alive("w2", Instant::now()), "unchanged for a lease duration");
+        assert!(!l.is_alive("w3", Instant::now()), "absent");
+    }
+}

@@ -1,0 +1,478 @@
+//! The [`Scheduler`]: one per worker. It reports the worker's metrics, renews its leases,
+//! discovers the leases the leader gives it, runs one task per held shard, and — when elected —
+//! leads: shard sync, assignment passes, lease cleanup.
+//!
+//! ```no_run
+//! # async fn example(kinesis: std::sync::Arc<dyn kinesis_core::Kinesis>) -> Result<(), kcl::KclError> {
+//! use async_trait::async_trait;
+//! use kcl::processor::*;
+//! use kcl::{ProcessorError, Scheduler};
+//!
+//! struct Printer;
+//!
+//! #[async_trait]
+//! impl ShardRecordProcessor for Printer {
+//!     async fn process_records(&mut self, input: ProcessRecordsInput<'_>) -> Result<(), ProcessorError> {
+//!         for record in input.records {
+//!             println!("{} {:?}", record.partition_key, record.data);
+//!         }
+//!         input.checkpointer.checkpoint().await?;
+//!         Ok(())
+//!     }
+//!     async fn shard_ended(&mut self, input: ShardEndedInput<'_>) -> Result<(), ProcessorError> {
+//!         Ok(input.checkpointer.checkpoint().await?)
+//!     }
+//!     async fn shutdown_requested(&mut self, input: ShutdownRequestedInput<'_>) -> Result<(), ProcessorError> {
+//!         Ok(input.checkpointer.checkpoint().await?)
+//!     }
+//! }
+//!
+//! let scheduler = Scheduler::builder("my-app", "my-stream", kinesis)
+//!     .memory_stores() // or the DynamoDB stores of kcl-ddb-store
+//!     .processor_factory(|_shard: &kinesis_core::ShardId| Printer)
+//!     .build()?;
+//! let handle = scheduler.start();
+//! // ...
+//! handle.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use kinesis_core::{Kinesis, StreamRef};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::config::{InitialPosition, RetrievalMode, SchedulerConfig};
+use crate::error::{KclError, ShardError};
+use crate::leader::Leader;
+use crate::lease_renewer::{LeaseRegistry, LeaseRenewer};
+use crate::metrics::WorkerMetricHandles;
+use crate::processor::ShardRecordProcessorFactory;
+use crate::retrieval::fanout::FanOutConsumer;
+use crate::store::memory::{MemoryCoordinatorStore, MemoryLeaseStore, MemoryWorkerMetricsStore};
+use crate::store::{CoordinatorStore, LeaseStore, WorkerMetricsStore};
+use crate::{lease_discovery, worker_metrics};
+
+/// Where a held shard is in its lifecycle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ShardPhase {
+    /// Waiting until every parent shard is finished.
+    #[default]
+    WaitingOnParents,
+    /// Calling the processor's `initialize`.
+    Initializing,
+    /// Delivering records.
+    Processing,
+    /// `shutdown_requested` (handoff or worker shutdown) and release.
+    ShuttingDown,
+    /// The shard ended: `shard_ended` and release.
+    ShardEnded,
+}
+
+/// A held shard as the scheduler reports it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ShardStatus {
+    /// Lifecycle phase.
+    pub phase: ShardPhase,
+    /// The last read's distance from the tip of the shard (the lag), ms.
+    pub millis_behind_latest: Option<u64>,
+    /// Records accepted by the processor since this worker took the lease.
+    pub records_processed: u64,
+    /// The current error, if any.
+    pub error: Option<ShardError>,
+}
+
+/// A snapshot of a worker: what it holds, how far behind each shard is, and errors.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SchedulerState {
+    /// The worker's id.
+    pub worker_id: String,
+    /// Whether the worker is the leader.
+    pub is_leader: bool,
+    /// Held shards by lease key.
+    pub shards: BTreeMap<String, ShardStatus>,
+    /// Shards this worker stopped after a processing error (and released), with the error;
+    /// cleared when the worker takes the shard again.
+    pub stopped_shards: BTreeMap<String, ShardError>,
+}
+
+/// Wall-clock time derived from tokio's clock (so paused-time tests control it too).
+#[derive(Debug)]
+pub(crate) struct WallClock {
+    anchor_system: SystemTime,
+    anchor: Instant,
+}
+
+impl WallClock {
+    fn new() -> Self {
+        WallClock { anchor_system: SystemTime::now(), anchor: Instant::now() }
+    }
+
+    pub fn now(&self) -> SystemTime {
+        self.anchor_system + Instant::now().saturating_duration_since(self.anchor)
+    }
+
+    pub fn now_secs(&self) -> u64 {
+        self.now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    }
+}
+
+/// Everything a worker's tasks share.
+pub(crate) struct WorkerContext {
+    pub worker_id: Arc<str>,
+    pub stream: StreamRef,
+    pub kinesis: Arc<dyn Kinesis>,
+    pub lease_store: Arc<dyn LeaseStore>,
+    pub coordinator_store: Arc<dyn CoordinatorStore>,
+    pub metrics_store: Arc<dyn WorkerMetricsStore>,
+    pub factory: Arc<dyn ShardRecordProcessorFactory>,
+    pub config: Arc<SchedulerConfig>,
+    pub initial_position: InitialPosition,
+    pub retrieval: RetrievalMode,
+    pub fanout: Option<Arc<FanOutConsumer>>,
+    pub registry: Arc<LeaseRegistry>,
+    pub state: watch::Sender<SchedulerState>,
+    /// Crash: every task stops at once, nothing is released.
+    pub abort: CancellationToken,
+    /// Graceful shutdown: shards checkpoint and release, the leader resigns.
+    pub shutdown: CancellationToken,
+    /// Stops the renewer once every shard has let go.
+    stop_renewer: CancellationToken,
+    pub tracker: TaskTracker,
+    pub metrics: WorkerMetricHandles,
+    pub wall: WallClock,
+}
+
+impl WorkerContext {
+    pub fn at_timestamp(&self) -> Option<SystemTime> {
+        match self.initial_position {
+            InitialPosition::AtTimestamp(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    pub fn update_shard(&self, key: &str, change: impl FnOnce(&mut ShardStatus)) {
+        self.state.send_if_modified(|s| match s.shards.get_mut(key) {
+            Some(status) => {
+                change(status);
+                true
+            }
+            None => false,
+        });
+    }
+
+    pub fn add_shard(&self, key: &str) {
+        self.state.send_modify(|s| {
+            s.shards.insert(key.to_owned(), ShardStatus::default());
+            s.stopped_shards.remove(key);
+        });
+    }
+
+    pub fn remove_shard(&self, key: &str) {
+        self.state.send_modify(|s| {
+            s.shards.remove(key);
+        });
+    }
+
+    pub fn record_failure(&self, key: &str, error: ShardError) {
+        self.state.send_modify(|s| {
+            s.stopped_shards.insert(key.to_owned(), error);
+        });
+    }
+
+    pub fn set_leader(&self, leader: bool) {
+        self.state.send_if_modified(|s| std::mem::replace(&mut s.is_leader, leader) != leader);
+    }
+}
+
+/// Builds a [`Scheduler`]; start from [`Scheduler::builder`].
+///
+/// | Setting | Required | Default |
+/// |---|---|---|
+/// | application name, stream, Kinesis client | yes (arguments of [`Scheduler::builder`]) | — |
+/// | [`processor_factory`](Self::processor_factory) | yes | — |
+/// | stores: [`lease_store`](Self::lease_store), [`coordinator_store`](Self::coordinator_store), [`worker_metrics_store`](Self::worker_metrics_store) — or [`memory_stores`](Self::memory_stores) | yes | — |
+/// | [`worker_id`](Self::worker_id) | no | `worker-` + 16 random hex digits |
+/// | [`initial_position`](Self::initial_position) | no | [`InitialPosition::Latest`] |
+/// | [`retrieval`](Self::retrieval) | no | [`RetrievalMode::Polling`] |
+/// | [`config`](Self::config) | no | [`SchedulerConfig::default`]: lease 10 s, renewal 3.3 s, leader lock 8 s (heartbeat 2 s), assignment every 2.5 s, worker metrics every 2 s |
+///
+/// The stores are required on purpose: workers share shards only through shared stores, so a
+/// silent in-memory default would let every worker of a fleet process every shard.
+/// [`build`](Self::build) checks the settings and fails with [`KclError::Config`] when one is
+/// missing or the timers contradict each other (a renewal interval not shorter than the lease
+/// duration, a leader heartbeat not shorter than the lock duration, a zero interval).
+pub struct SchedulerBuilder {
+    application_name: String,
+    stream: StreamRef,
+    kinesis: Arc<dyn Kinesis>,
+    worker_id: Option<String>,
+    initial_position: InitialPosition,
+    retrieval: RetrievalMode,
+    lease_store: Option<Arc<dyn LeaseStore>>,
+    coordinator_store: Option<Arc<dyn CoordinatorStore>>,
+    metrics_store: Option<Arc<dyn WorkerMetricsStore>>,
+    factory: Option<Arc<dyn ShardRecordProcessorFactory>>,
+    config: SchedulerConfig,
+}
+
+impl std::fmt::Debug for SchedulerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SchedulerBuilder")
+            .field("application_name", &self.application_name)
+            .field("stream", &self.stream)
+            .field("worker_id", &self.worker_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SchedulerBuilder {
+    /// This worker's id, unique in the application. Default: `worker-` and 16 random hex digits.
+    pub fn worker_id(mut self, worker_id: impl Into<String>) -> Self {
+        self.worker_id = Some(worker_id.into());
+        self
+    }
+
+    /// Where new leases start (default `LATEST`).
+    pub fn initial_position(mut self, position: InitialPosition) -> Self {
+        self.initial_position = position;
+        self
+    }
+
+    /// Polling (default) or enhanced fan-out.
+    pub fn retrieval(mut self, mode: RetrievalMode) -> Self {
+        self.retrieval = mode;
+        self
+    }
+
+    /// The lease store shared by the application's workers.
+    pub fn lease_store(mut self, store: Arc<dyn LeaseStore>) -> Self {
+        self.lease_store = Some(store);
+        self
+    }
+
+    /// The coordinator store (leader lock).
+    pub fn coordinator_store(mut self, store: Arc<dyn CoordinatorStore>) -> Self {
+        self.coordinator_store = Some(store);
+        self
+    }
+
+    /// The worker-metrics store.
+    pub fn worker_metrics_store(mut self, store: Arc<dyn WorkerMetricsStore>) -> Self {
+        self.metrics_store = Some(store);
+        self
+    }
+
+    /// Fresh in-memory stores: for a single worker, or tests. Workers share leases only when
+    /// they share the store instances.
+    pub fn memory_stores(self) -> Self {
+        self.lease_store(Arc::new(MemoryLeaseStore::new()))
+            .coordinator_store(Arc::new(MemoryCoordinatorStore::new()))
+            .worker_metrics_store(Arc::new(MemoryWorkerMetricsStore::new()))
+    }
+
+    /// The processor factory (any `Fn(&ShardId) -> impl ShardRecordProcessor`).
+    pub fn processor_factory(mut self, factory: impl ShardRecordProcessorFactory) -> Self {
+        self.factory = Some(Arc::new(factory));
+        self
+    }
+
+    /// The configuration (default [`SchedulerConfig::default`]).
+    pub fn config(mut self, config: SchedulerConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Checks the settings and builds the scheduler.
+    pub fn build(self) -> Result<Scheduler, KclError> {
+        let missing = |what: &str| KclError::Config(format!("{what} is required"));
+        let lease_store = self.lease_store.ok_or_else(|| missing("lease store"))?;
+        let coordinator_store = self.coordinator_store.ok_or_else(|| missing("coordinator store"))?;
+        let metrics_store = self.metrics_store.ok_or_else(|| missing("worker metrics store"))?;
+        let factory = self.factory.ok_or_else(|| missing("processor factory"))?;
+        let config = self.config;
+        if config.lease_duration.is_zero() || config.renewal_interval() >= config.lease_duration {
+            return Err(KclError::Config("the renewal interval must be shorter than the lease duration".into()));
+        }
+        if config.leader_heartbeat_interval >= config.leader_lock_duration {
+            return Err(KclError::Config("the leader heartbeat must be shorter than the leader lock duration".into()));
+        }
+        if config.assignment_interval().is_zero()
+            || config.lease_discovery_interval.is_zero()
+            || config.leader_check_interval.is_zero()
+        {
+            return Err(KclError::Config("timer intervals must be positive".into()));
+        }
+        let worker_id: Arc<str> =
+            Arc::from(self.worker_id.unwrap_or_else(|| format!("worker-{:016x}", fastrand::u64(..))));
+        let fanout = match &self.retrieval {
+            RetrievalMode::FanOut { consumer_name } => Some(Arc::new(FanOutConsumer::new(
+                self.kinesis.clone(),
+                self.stream.clone(),
+                consumer_name.clone().unwrap_or_else(|| self.application_name.clone()),
+                config.fan_out.registration_attempts,
+            ))),
+            RetrievalMode::Polling => None,
+        };
+        let (state, _) =
+            watch::channel(SchedulerState { worker_id: worker_id.to_string(), ..SchedulerState::default() });
+        let abort = CancellationToken::new();
+        let ctx = WorkerContext {
+            metrics: WorkerMetricHandles::new(&worker_id),
+            worker_id,
+            stream: self.stream,
+            kinesis: self.kinesis,
+            lease_store,
+            coordinator_store,
+            metrics_store,
+            factory,
+            config: Arc::new(config),
+            initial_position: self.initial_position,
+            retrieval: self.retrieval,
+            fanout,
+            registry: Arc::new(LeaseRegistry::default()),
+            state,
+            stop_renewer: abort.child_token(),
+            abort,
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            wall: WallClock::new(),
+        };
+        Ok(Scheduler { ctx: Arc::new(ctx), application_name: self.application_name })
+    }
+}
+
+/// A worker of a KCL application. Build with [`Scheduler::builder`], then [`start`](Self::start)
+/// it (or [`run`](Self::run) it until a token is cancelled).
+pub struct Scheduler {
+    ctx: Arc<WorkerContext>,
+    application_name: String,
+}
+
+impl std::fmt::Debug for Scheduler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scheduler")
+            .field("application_name", &self.application_name)
+            .field("worker_id", &self.ctx.worker_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Scheduler {
+    /// A builder for a worker of application `application_name` consuming `stream`.
+    pub fn builder(
+        application_name: impl Into<String>,
+        stream: impl Into<StreamRef>,
+        kinesis: Arc<dyn Kinesis>,
+    ) -> SchedulerBuilder {
+        SchedulerBuilder {
+            application_name: application_name.into(),
+            stream: stream.into(),
+            kinesis,
+            worker_id: None,
+            initial_position: InitialPosition::default(),
+            retrieval: RetrievalMode::default(),
+            lease_store: None,
+            coordinator_store: None,
+            metrics_store: None,
+            factory: None,
+            config: SchedulerConfig::default(),
+        }
+    }
+
+    /// This worker's id.
+    pub fn worker_id(&self) -> &str {
+        &self.ctx.worker_id
+    }
+
+    /// Starts the worker's tasks on the current tokio runtime.
+    pub fn start(self) -> SchedulerHandle {
+        let ctx = self.ctx;
+        let span = tracing::info_span!("kcl_worker", worker = %ctx.worker_id, app = %self.application_name);
+        ctx.tracker.spawn(worker_metrics::run(ctx.clone()).instrument(span.clone()));
+        let renewer = LeaseRenewer {
+            store: ctx.lease_store.clone(),
+            registry: ctx.registry.clone(),
+            interval: ctx.config.renewal_interval(),
+            metrics: ctx.metrics.clone(),
+        };
+        ctx.tracker.spawn(renewer.run(ctx.stop_renewer.clone(), || false).instrument(span.clone()));
+        ctx.tracker.spawn(lease_discovery::run(ctx.clone()).instrument(span.clone()));
+        ctx.tracker.spawn(Leader::new(ctx.clone()).run().instrument(span));
+        SchedulerHandle { ctx }
+    }
+
+    /// Runs the worker until `token` is cancelled, then shuts it down gracefully.
+    pub async fn run(self, token: CancellationToken) {
+        let handle = self.start();
+        token.cancelled().await;
+        handle.shutdown().await;
+    }
+}
+
+/// Controls a started worker. Dropping the handle leaves the worker running.
+#[derive(Clone)]
+pub struct SchedulerHandle {
+    ctx: Arc<WorkerContext>,
+}
+
+impl std::fmt::Debug for SchedulerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SchedulerHandle").field("worker_id", &self.ctx.worker_id).finish_non_exhaustive()
+    }
+}
+
+impl SchedulerHandle {
+    /// This worker's id.
+    pub fn worker_id(&self) -> &str {
+        &self.ctx.worker_id
+    }
+
+    /// A snapshot of the worker's state.
+    pub fn state(&self) -> SchedulerState {
+        self.ctx.state.borrow().clone()
+    }
+
+    /// A receiver that sees every change of the worker's state.
+    pub fn subscribe(&self) -> watch::Receiver<SchedulerState> {
+        self.ctx.state.subscribe()
+    }
+
+    /// Shuts down gracefully: stops taking leases, resigns leadership, calls
+    /// `shutdown_requested` on every shard (each may checkpoint), releases every lease so other
+    /// workers get it at the leader's next pass, deletes the worker's metrics row, and waits for
+    /// every task.
+    pub async fn shutdown(self) {
+        let ctx = self.ctx;
+        ctx.shutdown.cancel();
+        let mut state = ctx.state.subscribe();
+        let registry = ctx.registry.clone();
+        tokio::select! {
+            () = ctx.abort.cancelled() => {}
+            _ = state.wait_for(|_| registry.is_empty()) => {}
+        }
+        ctx.stop_renewer.cancel();
+        ctx.tracker.close();
+        ctx.tracker.wait().await;
+    }
+
+    /// Stops the worker at once as if its process crashed: every task ends, in-flight processor
+    /// calls are dropped, nothing is checkpointed or released (other workers take the leases
+    /// over when they expire). For tests of failover.
+    pub async fn kill(self) {
+        self.ctx.abort.cancel();
+        self.ctx.tracker.close();
+        self.ctx.tracker.wait().await;
+    }
+
+    /// Whether every task of the worker has ended.
+    pub fn is_finished(&self) -> bool {
+        self.ctx.tracker.is_closed() && self.ctx.tracker.is_empty()
+    }
+}

@@ -1,0 +1,256 @@
+//! The behaviour every store implementation must show, as async functions that panic on a
+//! deviation. The in-memory stores run them in `kcl/tests/store_conformance.rs`; `kcl-ddb-store`
+//! runs the same functions against DynamoDB Local. Use them to check your own implementation.
+//!
+//! Each function takes a store that starts empty.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use kinesis_core::{ExtendedSequenceNumber, HashKeyRange, SequenceNumber};
+
+use super::{CoordinatorStore, LeaseStore, StoreError, WorkerMetrics, WorkerMetricsStore};
+use crate::lease::Lease;
+
+fn seq(n: u128) -> SequenceNumber {
+    SequenceNumber::from_u128(n)
+}
+
+fn sample_lease(key: &str) -> Lease {
+    let mut lease = Lease::new(key, ExtendedSequenceNumber::TrimHorizon);
+    lease.parent_shard_ids = vec!["shardId-000000000000".to_owned()];
+    lease.hash_key_range = Some(HashKeyRange::FULL);
+    lease
+}
+
+fn lost_current(result: Result<Lease, StoreError>) -> Option<Lease> {
+    match result {
+        Err(StoreError::LeaseLost { current }) => current.map(|b| *b),
+        other => panic!("expected LeaseLost, got {other:?}"),
+    }
+}
+
+/// Create, read, list; creating twice keeps the first.
+pub async fn lease_create_get_list<S: LeaseStore>(store: &S) {
+    let lease = sample_lease("shardId-000000000001");
+    assert!(store.create_lease_if_not_exists(&lease).await.expect("create"));
+    let mut other = lease.clone();
+    other.lease_owner = Some("intruder".into());
+    assert!(!store.create_lease_if_not_exists(&other).await.expect("create again"), "existing lease kept");
+    let read = store.get_lease(&lease.lease_key).await.expect("get").expect("exists");
+    assert_eq!(read, lease);
+    assert!(store.get_lease("shardId-999999999999").await.expect("get").is_none());
+    let second = sample_lease("shardId-000000000002");
+    store.create_lease_if_not_exists(&second).await.expect("create");
+    let mut keys: Vec<_> = store.list_leases().await.expect("list").into_iter().map(|l| l.lease_key).collect();
+    keys.sort();
+    assert_eq!(keys, vec!["shardId-000000000001", "shardId-000000000002"]);
+}
+
+/// Renewal bumps the counter and requires the caller's counter; a stale renewal loses and sees
+/// the current item.
+pub async fn renew_requires_the_counter<S: LeaseStore>(store: &S) {
+    let lease = sample_lease("shardId-000000000003");
+    store.create_lease_if_not_exists(&lease).await.expect("create");
+    let taken = store.take_lease(&lease, "w1").await.expect("take");
+    assert_eq!(taken.lease_counter, 1);
+    let renewed = store.renew_lease(&taken, Some(12.5)).await.expect("renew");
+    assert_eq!(renewed.lease_counter, 2);
+    assert_eq!(renewed.throughput_kbps, Some(12.5));
+    let current = lost_current(store.renew_lease(&taken, None).await).expect("item returned");
+    assert_eq!(current.lease_counter, 2, "the failed condition returns the current item");
+    let stored = store.get_lease(&lease.lease_key).await.expect("get").expect("exists");
+    assert_eq!(stored.lease_counter, 2);
+    assert_eq!(stored.lease_owner.as_deref(), Some("w1"));
+}
+
+/// Taking counts owner switches and fences the previous owner's checkpoint.
+pub async fn take_fences_the_previous_owner<S: LeaseStore>(store: &S) {
+    let lease = sample_lease("shardId-000000000004");
+    store.create_lease_if_not_exists(&lease).await.expect("create");
+    let w1 = store.take_lease(&lease, "w1").await.expect("w1 takes");
+    assert_eq!(w1.owner_switches_since_checkpoint, 1);
+    let w2 = store.take_lease(&w1, "w2").await.expect("w2 takes the expired lease");
+    assert_eq!(w2.lease_owner.as_deref(), Some("w2"));
+    assert_eq!(w2.owner_switches_since_checkpoint, 2);
+    // w1 still thinks it holds the lease: its checkpoint is refused.
+    let mut stale = w1.clone();
+    stale.checkpoint = ExtendedSequenceNumber::at(seq(100));
+    let current = lost_current(store.update_lease(&stale).await).expect("current item");
+    assert_eq!(current.lease_owner.as_deref(), Some("w2"));
+    let stored = store.get_lease(&lease.lease_key).await.expect("get").expect("exists");
+    assert_eq!(stored.checkpoint, ExtendedSequenceNumber::TrimHorizon, "nothing half-written");
+}
+
+/// Many workers race to take the same lease with the same view: exactly one wins.
+pub async fn concurrent_takers_exactly_one_wins<S: LeaseStore + 'static>(store: Arc<S>) {
+    let lease = sample_lease("shardId-000000000005");
+    store.create_lease_if_not_exists(&lease).await.expect("create");
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let store = store.clone();
+        let lease = lease.clone();
+        tasks.push(tokio::spawn(async move { store.take_lease(&lease, &format!("w{i}")).await }));
+    }
+    let mut winners = Vec::new();
+    for task in tasks {
+        match task.await.expect("task") {
+            Ok(l) => winners.push(l),
+            Err(e) => assert!(matches!(e, StoreError::LeaseLost { .. }), "losers see LeaseLost: {e:?}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one taker wins");
+    let stored = store.get_lease(&lease.lease_key).await.expect("get").expect("exists");
+    assert_eq!(stored.lease_owner, winners[0].lease_owner);
+    assert_eq!(stored.lease_counter, 1);
+}
+
+/// Checkpoints (plain and prepared, with application state) are conditional on the counter and
+/// round-trip exactly; a checkpoint resets owner switches.
+pub async fn checkpoints_round_trip<S: LeaseStore>(store: &S) {
+    let lease = sample_lease("shardId-000000000006");
+    store.create_lease_if_not_exists(&lease).await.expect("create");
+    let held = store.take_lease(&lease, "w1").await.expect("take");
+    let mut prepared = held.clone();
+    prepared.pending_checkpoint =
+        Some(ExtendedSequenceNumber::at_sub(seq(49_590_338_271_490_256_608_559_692_538_361_571), 3));
+    prepared.pending_checkpoint_state = Some(Bytes::from_static(b"\x00app-state\xff"));
+    let held = store.update_lease(&prepared).await.expect("prepare");
+    let read = store.get_lease(&lease.lease_key).await.expect("get").expect("exists");
+    assert_eq!(read.pending_checkpoint, prepared.pending_checkpoint);
+    assert_eq!(read.pending_checkpoint_state, prepared.pending_checkpoint_state);
+    let mut committed = held.clone();
+    committed.checkpoint = ExtendedSequenceNumber::at_sub(seq(49_590_338_271_490_256_608_559_692_538_361_571), 3);
+    committed.pending_checkpoint = None;
+    committed.pending_checkpoint_state = None;
+    committed.owner_switches_since_checkpoint = 0;
+    let held = store.update_lease(&committed).await.expect("commit");
+    let read = store.get_lease(&lease.lease_key).await.expect("get").expect("exists");
+    assert_eq!(read.checkpoint, committed.checkpoint);
+    assert_eq!(read.checkpoint.sub_sequence_number(), 3);
+    assert_eq!(read.pending_checkpoint, None);
+    assert_eq!(read.pending_checkpoint_state, None);
+    assert_eq!(read.owner_switches_since_checkpoint, 0);
+    assert_eq!(read.lease_counter, held.lease_counter);
+    let mut finished = held.clone();
+    finished.checkpoint = ExtendedSequenceNumber::ShardEnd;
+    finished.child_shard_ids = vec!["shardId-000000000010".into(), "shardId-000000000011".into()];
+    store.update_lease(&finished).await.expect("shard end");
+    let read = store.get_lease(&lease.lease_key).await.expect("get").expect("exists");
+    assert!(read.is_finished());
+    assert_eq!(read.child_shard_ids, finished.child_shard_ids);
+}
+
+/// The leader's graceful handoff: the counter is untouched, the old owner keeps renewing with a
+/// view that shows the handoff, and hands the lease over with an assignment.
+pub async fn graceful_handoff<S: LeaseStore>(store: &S) {
+    let lease = sample_lease("shardId-000000000007");
+    store.create_lease_if_not_exists(&lease).await.expect("create");
+    let a = store.take_lease(&lease, "a").await.expect("take");
+    let handing = store.initiate_handoff(&a, "b").await.expect("handoff");
+    assert_eq!(handing.lease_owner.as_deref(), Some("b"));
+    assert_eq!(handing.checkpoint_owner.as_deref(), Some("a"));
+    assert_eq!(handing.lease_counter, a.lease_counter, "handoff does not bump the counter");
+    assert!(store.initiate_handoff(&handing, "c").await.is_err(), "one handoff at a time");
+    // A's renewal with its old view fails and shows the handoff...
+    let seen = lost_current(store.renew_lease(&a, None).await).expect("current");
+    assert_eq!(seen.checkpoint_owner.as_deref(), Some("a"));
+    // ...and with the handoff-aware view it keeps renewing.
+    let renewed = store.renew_lease(&seen, None).await.expect("renew during handoff");
+    assert_eq!(renewed.checkpoint_owner.as_deref(), Some("a"));
+    // A checkpoints (it is the checkpoint owner), then transfers.
+    let done = store.assign_lease(&renewed, "b").await.expect("transfer");
+    assert_eq!(done.lease_owner.as_deref(), Some("b"));
+    assert_eq!(done.checkpoint_owner, None);
+    assert!(done.lease_counter > renewed.lease_counter);
+    // The leader's own assignment with a stale owner view loses.
+    assert!(store.assign_lease(&a, "c").await.is_err());
+}
+
+/// Eviction clears the owner and any handoff, conditional on the owner.
+pub async fn evict_and_delete<S: LeaseStore>(store: &S) {
+    let lease = sample_lease("shardId-000000000008");
+    store.create_lease_if_not_exists(&lease).await.expect("create");
+    let held = store.take_lease(&lease, "w1").await.expect("take");
+    let mut wrong = held.clone();
+    wrong.lease_owner = Some("w9".into());
+    assert!(store.evict_lease(&wrong).await.is_err());
+    let evicted = store.evict_lease(&held).await.expect("evict");
+    assert_eq!(evicted.lease_owner, None);
+    assert!(evicted.lease_counter > held.lease_counter);
+    let mut meta = evicted.clone();
+    meta.child_shard_ids = vec!["shardId-000000000020".into()];
+    store.update_lease_meta(&meta).await.expect("meta");
+    let read = store.get_lease(&lease.lease_key).await.expect("get").expect("exists");
+    assert_eq!(read.child_shard_ids, meta.child_shard_ids);
+    assert_eq!(read.lease_counter, evicted.lease_counter, "meta updates leave the counter alone");
+    store.delete_lease(&lease.lease_key).await.expect("delete");
+    assert!(store.get_lease(&lease.lease_key).await.expect("get").is_none());
+    assert!(store.update_lease_meta(&meta).await.is_err(), "meta update needs the lease to exist");
+}
+
+/// The owner query finds a worker's leases (allowing for an eventually consistent index).
+pub async fn lists_keys_by_owner<S: LeaseStore>(store: &S) {
+    for i in 0..4 {
+        let lease = sample_lease(&format!("shardId-00000000003{i}"));
+        store.create_lease_if_not_exists(&lease).await.expect("create");
+        store.take_lease(&lease, if i % 2 == 0 { "even" } else { "odd" }).await.expect("take");
+    }
+    let mut keys = Vec::new();
+    for _ in 0..50 {
+        keys = store.list_lease_keys_owned_by("even").await.expect("query");
+        keys.sort();
+        if keys.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(keys, vec!["shardId-000000000030", "shardId-000000000032"]);
+    assert!(store.list_lease_keys_owned_by("nobody").await.expect("query").is_empty());
+}
+
+/// The leader lock: acquire, refuse a second holder, heartbeat, take over a stale version, release.
+pub async fn leader_lock<S: CoordinatorStore>(store: &S) {
+    assert!(store.get_lock("Leader").await.expect("get").is_none());
+    let held = store.acquire_lock("Leader", "w1", Duration::from_secs(8), None).await.expect("acquire");
+    assert_eq!(held.owner, "w1");
+    assert_eq!(held.lease_duration, Duration::from_secs(8));
+    match store.acquire_lock("Leader", "w2", Duration::from_secs(8), None).await {
+        Err(StoreError::LockLost { current }) => assert_eq!(current.map(|c| c.owner), Some("w1".to_owned())),
+        other => panic!("second acquire must fail: {other:?}"),
+    }
+    let beat = store.heartbeat_lock(&held).await.expect("heartbeat");
+    assert_ne!(beat.record_version, held.record_version);
+    assert!(store.heartbeat_lock(&held).await.is_err(), "a stale version cannot heartbeat");
+    // w2 watched `beat` go stale and takes over with that version.
+    let taken = store.acquire_lock("Leader", "w2", Duration::from_secs(8), Some(&beat)).await.expect("take over");
+    assert_eq!(taken.owner, "w2");
+    assert!(store.heartbeat_lock(&beat).await.is_err(), "the old leader is fenced");
+    assert!(store.release_lock(&beat).await.is_err());
+    store.release_lock(&taken).await.expect("release");
+    let read = store.get_lock("Leader").await.expect("get");
+    assert!(read.is_none() || read.is_some_and(|r| r.is_released), "released");
+}
+
+/// Worker metrics: upsert, list, conditional delete.
+pub async fn worker_metrics<S: WorkerMetricsStore>(store: &S) {
+    let mut m = WorkerMetrics {
+        worker_id: "w1".into(),
+        last_update_secs: 1_700_000_000,
+        metric_stats: [("C".to_owned(), vec![10.0, 20.5, -1.0])].into_iter().collect(),
+        operating_range: [("C".to_owned(), vec![100.0])].into_iter().collect(),
+    };
+    store.put_worker_metrics(&m).await.expect("put");
+    m.last_update_secs += 30;
+    m.metric_stats.insert("C".into(), vec![30.0]);
+    store.put_worker_metrics(&m).await.expect("replace");
+    let other = WorkerMetrics { worker_id: "w2".into(), ..m.clone() };
+    store.put_worker_metrics(&other).await.expect("put");
+    let mut all = store.list_worker_metrics().await.expect("list");
+    all.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
+    assert_eq!(all, vec![m.clone(), other]);
+    assert!(store.delete_worker_metrics("w1", 1_700_000_000).await.is_err(), "stale timestamp");
+    store.delete_worker_metrics("w1", m.last_update_secs).await.expect("delete");
+    assert_eq!(store.list_worker_metrics().await.expect("list").len(), 1);
+}

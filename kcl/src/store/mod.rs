@@ -1,0 +1,218 @@
+//! The three stores a fleet of workers coordinates through, as traits with in-memory
+//! implementations ([`memory`]); `kcl-ddb-store` implements them over DynamoDB.
+//!
+//! * [`LeaseStore`] — one lease per shard, every write conditional (optimistic locking on
+//!   `leaseCounter`, or on the owner for the leader's assignments).
+//! * [`CoordinatorStore`] — the leader lock: an item with an owner and a record version that the
+//!   owner rewrites on every heartbeat; another worker may take it only after it saw the same
+//!   version unchanged for the lock's lease duration on its own clock.
+//! * [`WorkerMetricsStore`] — each worker's reported load, read by the leader to assign leases.
+//!
+//! A write whose condition no longer holds fails with [`StoreError::LeaseLost`] (or
+//! [`StoreError::LockLost`]) carrying the item as it is now, when the backend can say.
+
+pub mod memory;
+
+pub mod conformance;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use thiserror::Error;
+
+use crate::lease::Lease;
+
+/// Why a store call failed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// A lease write's condition failed: another worker or the leader changed the lease.
+    #[error("lease condition failed; the lease changed{}", current.as_ref().map(|l| format!(" (now owner {:?}, counter {})", l.lease_owner, l.lease_counter)).unwrap_or_default())]
+    LeaseLost {
+        /// The lease as it is now, if known (`None` also when it was deleted).
+        current: Option<Box<Lease>>,
+    },
+    /// A lock write's condition failed: someone else holds or changed the lock.
+    #[error("lock condition failed")]
+    LockLost {
+        /// The lock as it is now, if known.
+        current: Option<LockItem>,
+    },
+    /// A worker-metrics write's condition failed.
+    #[error("worker metrics condition failed")]
+    MetricsConditionFailed,
+    /// The backend throttled the call; retry with backoff.
+    #[error("store throttled: {message}")]
+    Throttled {
+        /// What the backend said.
+        message: String,
+    },
+    /// The backend is unreachable or failed transiently; retry with backoff.
+    #[error("store unavailable: {message}")]
+    Unavailable {
+        /// What failed.
+        message: String,
+    },
+    /// A table exists with a schema other than the one expected.
+    #[error("table {table} has an unexpected schema: {details}")]
+    SchemaMismatch {
+        /// The table.
+        table: String,
+        /// What differs.
+        details: String,
+    },
+    /// An item could not be read as a lease, lock or metrics entry.
+    #[error("malformed item in {table}: {details}")]
+    Malformed {
+        /// The table.
+        table: String,
+        /// What is wrong.
+        details: String,
+    },
+    /// Any other backend error (not retryable: permissions, validation).
+    #[error("store error: {message}")]
+    Backend {
+        /// What the backend said.
+        message: String,
+    },
+}
+
+impl StoreError {
+    /// Whether retrying the same call later can help.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Throttled { .. } | StoreError::Unavailable { .. })
+    }
+
+    /// Whether a conditional write lost (the caller's view of the item is stale).
+    pub fn is_condition_failure(&self) -> bool {
+        matches!(self, StoreError::LeaseLost { .. } | StoreError::LockLost { .. } | StoreError::MetricsConditionFailed)
+    }
+
+    /// A [`StoreError::LeaseLost`] with the current item.
+    pub fn lease_lost(current: Option<Lease>) -> Self {
+        StoreError::LeaseLost { current: current.map(Box::new) }
+    }
+}
+
+/// Leases: one per shard, shared by every worker of an application.
+///
+/// Every write is conditional. Writes that change a lease in place take the caller's last view
+/// of it (`expected`) and succeed only if the item still matches it; they return the lease as
+/// written (with its new counter).
+#[async_trait]
+pub trait LeaseStore: Send + Sync {
+    /// Creates the lease unless one with its key exists; `Ok(false)` when it existed.
+    async fn create_lease_if_not_exists(&self, lease: &Lease) -> Result<bool, StoreError>;
+
+    /// Reads one lease (strongly consistent).
+    async fn get_lease(&self, lease_key: &str) -> Result<Option<Lease>, StoreError>;
+
+    /// Every lease (the leader's scan).
+    async fn list_leases(&self) -> Result<Vec<Lease>, StoreError>;
+
+    /// Keys of the leases `owner` holds (the worker's discovery query; may lag behind writes).
+    async fn list_lease_keys_owned_by(&self, owner: &str) -> Result<Vec<String>, StoreError>;
+
+    /// Heartbeat: bumps the counter, records throughput. Requires the counter to equal
+    /// `expected.lease_counter`, and no handoff to have started unless `expected` already shows
+    /// it (`checkpoint_owner` equal).
+    async fn renew_lease(&self, expected: &Lease, throughput_kbps: Option<f64>) -> Result<Lease, StoreError>;
+
+    /// Takes the lease for `new_owner`: requires the counter to equal `expected.lease_counter`.
+    /// Clears any handoff, bumps the counter, counts an owner switch if the owner changes.
+    async fn take_lease(&self, expected: &Lease, new_owner: &str) -> Result<Lease, StoreError>;
+
+    /// The leader's assignment: requires owner and checkpoint owner to equal `expected`'s (or be
+    /// absent when `expected`'s are). Sets the owner, clears any handoff, bumps the counter.
+    async fn assign_lease(&self, expected: &Lease, new_owner: &str) -> Result<Lease, StoreError>;
+
+    /// Starts a graceful handoff to `next_owner`: requires the owner to equal `expected`'s and no
+    /// handoff in progress. Sets owner = next, checkpoint owner = current; the counter is left
+    /// alone so the current owner's renewals keep succeeding until it lets go.
+    async fn initiate_handoff(&self, expected: &Lease, next_owner: &str) -> Result<Lease, StoreError>;
+
+    /// Removes the owner (and any handoff): same expectations as [`assign_lease`](Self::assign_lease).
+    async fn evict_lease(&self, expected: &Lease) -> Result<Lease, StoreError>;
+
+    /// Writes `updated`'s checkpoint, pending checkpoint, owner switches, child shards and hash
+    /// range: requires the counter to equal `updated.lease_counter` and the owner to equal
+    /// `updated.lease_owner`. Bumps the counter.
+    async fn update_lease(&self, updated: &Lease) -> Result<Lease, StoreError>;
+
+    /// Records child shards and the hash range without touching ownership or the counter;
+    /// requires the lease to exist.
+    async fn update_lease_meta(&self, lease: &Lease) -> Result<(), StoreError>;
+
+    /// Deletes the lease (after its shard ended and its children started).
+    async fn delete_lease(&self, lease_key: &str) -> Result<(), StoreError>;
+}
+
+/// A lock item in the coordinator-state table (the leader lock is the item keyed `Leader`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LockItem {
+    /// The lock's key.
+    pub key: String,
+    /// The holder (a worker id).
+    pub owner: String,
+    /// Rewritten with a fresh random value on every heartbeat; a contender watches it.
+    pub record_version: String,
+    /// How long the lock lives without a heartbeat, as the holder declared it.
+    pub lease_duration: Duration,
+    /// Whether the holder released it.
+    pub is_released: bool,
+}
+
+/// The coordinator-state table: the leader lock.
+#[async_trait]
+pub trait CoordinatorStore: Send + Sync {
+    /// Reads a lock (strongly consistent).
+    async fn get_lock(&self, key: &str) -> Result<Option<LockItem>, StoreError>;
+
+    /// Acquires the lock for `owner`: if `expected` is `None` the lock must not exist; else its
+    /// record version must still equal `expected`'s (a released or expired lock being taken).
+    async fn acquire_lock(
+        &self,
+        key: &str,
+        owner: &str,
+        lease_duration: Duration,
+        expected: Option<&LockItem>,
+    ) -> Result<LockItem, StoreError>;
+
+    /// Heartbeat: requires owner and record version to equal `held`'s; writes a new version.
+    async fn heartbeat_lock(&self, held: &LockItem) -> Result<LockItem, StoreError>;
+
+    /// Releases the lock: requires the record version to equal `held`'s.
+    async fn release_lock(&self, held: &LockItem) -> Result<(), StoreError>;
+}
+
+/// One worker's reported load.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkerMetrics {
+    /// The worker's id.
+    pub worker_id: String,
+    /// When the worker last reported, epoch seconds.
+    pub last_update_secs: u64,
+    /// Per metric (`C` CPU, `T` throughput, ...), the recent samples; `-1` marks a failed sample.
+    pub metric_stats: BTreeMap<String, Vec<f64>>,
+    /// Per metric, the operating range (`[max utilization]`).
+    pub operating_range: BTreeMap<String, Vec<f64>>,
+}
+
+/// The worker-metrics table.
+#[async_trait]
+pub trait WorkerMetricsStore: Send + Sync {
+    /// Writes (creates or replaces) a worker's report.
+    async fn put_worker_metrics(&self, metrics: &WorkerMetrics) -> Result<(), StoreError>;
+
+    /// Every worker's latest report.
+    async fn list_worker_metrics(&self) -> Result<Vec<WorkerMetrics>, StoreError>;
+
+    /// Deletes a stale report: requires its `last_update_secs` to still equal `expected_last_update_secs`.
+    async fn delete_worker_metrics(&self, worker_id: &str, expected_last_update_secs: u64) -> Result<(), StoreError>;
+}
+
+/// A fresh random record version for lock heartbeats.
+pub fn new_record_version() -> String {
+    format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
+}

@@ -1,0 +1,246 @@
+//! Each worker's metrics row: written every `worker_metrics_interval`, read by the leader.
+//!
+//! The row is also the worker's liveness signal: the leader takes a worker as live while its
+//! `last_update_secs` keeps changing (judged on the leader's own clock, see
+//! [`leader`](crate::leader)). It carries CPU utilization under metric `C` when available (the
+//! last 10 samples, `-1` for a failed sample, operating range `[100]`), measured as:
+//!
+//! * cgroup v2 (`/sys/fs/cgroup/cpu.stat` `usage_usec` against `cpu.max`) or cgroup v1
+//!   (`cpuacct.usage` against `cpu.cfs_quota_us`) when the process's cgroup has a CPU limit —
+//!   a container's share;
+//! * otherwise the host's `/proc/stat` (busy / total jiffies);
+//! * nothing on platforms without either, or with [`CpuMetrics::Disabled`](crate::config::CpuMetrics).
+//!
+//! Per-lease throughput is not in the row: each lease's renewal writes it (`throughput_kbps`).
+//! On graceful shutdown the worker deletes its row, so the leader stops assigning to it at once.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::MissedTickBehavior;
+
+use crate::config::CpuMetrics;
+use crate::scheduler::WorkerContext;
+use crate::store::WorkerMetrics;
+
+/// Samples kept in the row (the Java KCL's `noOfPersistedMetricsPerWorkerMetrics`).
+const SAMPLES: usize = 10;
+/// The CPU metric's short name.
+pub(crate) const CPU: &str = "C";
+
+/// One reading of cumulative CPU counters.
+#[derive(Clone, Copy, Debug)]
+enum Reading {
+    /// `/proc/stat`: busy and total jiffies.
+    Host { busy: u64, total: u64 },
+    /// A cgroup: CPU time used (µs) when read, the wall time, and the CPUs it may use.
+    Cgroup { usage_us: u64, at: std::time::Instant, cpus: f64 },
+}
+
+/// A CPU-utilization source.
+pub(crate) struct CpuSource {
+    config: CpuMetrics,
+    previous: Option<Reading>,
+}
+
+impl CpuSource {
+    pub fn new(config: CpuMetrics) -> Self {
+        CpuSource { config, previous: None }
+    }
+
+    /// Whether this source reports CPU at all.
+    pub fn enabled(&self) -> bool {
+        !matches!(self.config, CpuMetrics::Disabled)
+    }
+
+    /// Utilization in percent since the previous call (`None` on the first call or failure).
+    pub fn sample(&mut self) -> Option<f64> {
+        match &self.config {
+            CpuMetrics::Disabled => None,
+            CpuMetrics::Custom(f) => f().filter(|v| v.is_finite()).map(|v| v.clamp(0.0, 100.0)),
+            CpuMetrics::Auto => {
+                let now = read_cgroup().or_else(read_proc_stat)?;
+                let previous = self.previous.replace(now)?;
+                utilization(previous, now)
+            }
+        }
+    }
+}
+
+fn utilization(previous: Reading, now: Reading) -> Option<f64> {
+    let value = match (previous, now) {
+        (Reading::Host { busy: b0, total: t0 }, Reading::Host { busy: b1, total: t1 }) => {
+            let total = t1.checked_sub(t0)?;
+            if total == 0 {
+                return None;
+            }
+            b1.saturating_sub(b0) as f64 / total as f64 * 100.0
+        }
+        (Reading::Cgroup { usage_us: u0, at: a0, .. }, Reading::Cgroup { usage_us: u1, at: a1, cpus }) => {
+            let wall = a1.checked_duration_since(a0)?.as_micros() as f64 * cpus;
+            if wall <= 0.0 {
+                return None;
+            }
+            u1.saturating_sub(u0) as f64 / wall * 100.0
+        }
+        _ => return None,
+    };
+    Some(value.clamp(0.0, 100.0))
+}
+
+fn read_proc_stat() -> Option<Reading> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    parse_proc_stat(&text)
+}
+
+/// Parses the aggregate `cpu` line: user nice system idle iowait irq softirq steal.
+fn parse_proc_stat(text: &str) -> Option<Reading> {
+    let line = text.lines().find(|l| l.starts_with("cpu "))?;
+    let fields: Vec<u64> = line.split_whitespace().skip(1).take(8).map(|f| f.parse().ok()).collect::<Option<_>>()?;
+    if fields.len() < 4 {
+        return None;
+    }
+    let total: u64 = fields.iter().sum();
+    let idle = fields[3] + fields.get(4).copied().unwrap_or(0);
+    Some(Reading::Host { busy: total.saturating_sub(idle), total })
+}
+
+fn read_cgroup() -> Option<Reading> {
+    // cgroup v2
+    if let Ok(max) = std::fs::read_to_string("/sys/fs/cgroup/cpu.max") {
+        let cpus = parse_cpu_max(&max)?;
+        let stat = std::fs::read_to_string("/sys/fs/cgroup/cpu.stat").ok()?;
+        let usage_us = stat.lines().find_map(|l| l.strip_prefix("usage_usec "))?.trim().parse().ok()?;
+        return Some(Reading::Cgroup { usage_us, at: std::time::Instant::now(), cpus });
+    }
+    // cgroup v1
+    let quota: i64 = std::fs::read_to_string("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").ok()?.trim().parse().ok()?;
+    let period: i64 = std::fs::read_to_string("/sys/fs/cgroup/cpu/cpu.cfs_period_us").ok()?.trim().parse().ok()?;
+    if quota <= 0 || period <= 0 {
+        return None;
+    }
+    let usage_ns: u64 = std::fs::read_to_string("/sys/fs/cgroup/cpuacct/cpuacct.usage").ok()?.trim().parse().ok()?;
+    Some(Reading::Cgroup {
+        usage_us: usage_ns / 1000,
+        at: std::time::Instant::now(),
+        cpus: quota as f64 / period as f64,
+    })
+}
+
+/// `cpu.max`: `"<quota> <period>"` or `"max <period>"` (no limit: not a container share).
+fn parse_cpu_max(text: &str) -> Option<f64> {
+    let mut parts = text.split_whitespace();
+    let quota = parts.next()?;
+    let period: f64 = parts.next()?.parse().ok()?;
+    if quota == "max" || period <= 0.0 {
+        return None;
+    }
+    let quota: f64 = quota.parse().ok()?;
+    (quota > 0.0).then_some(quota / period)
+}
+
+/// The leader's reading of a row's CPU: an EMA (α = 0.5) of its samples, ignoring failed ones.
+pub(crate) fn cpu_of(row: &WorkerMetrics) -> Option<f64> {
+    let samples = row.metric_stats.get(CPU)?;
+    let mut ema: Option<f64> = None;
+    for &s in samples.iter().filter(|s| **s >= 0.0 && s.is_finite()) {
+        ema = Some(match ema {
+            Some(prev) => 0.5 * s + 0.5 * prev,
+            None => s,
+        });
+    }
+    ema
+}
+
+/// The operating-range maximum for CPU (100 when absent).
+pub(crate) fn max_cpu_of(row: &WorkerMetrics) -> f64 {
+    row.operating_range.get(CPU).and_then(|r| r.first()).copied().filter(|v| *v > 0.0).unwrap_or(100.0)
+}
+
+/// Writes the worker's row every period until shutdown (then deletes it) or abort.
+pub(crate) async fn run(ctx: Arc<WorkerContext>) {
+    let mut cpu = CpuSource::new(ctx.config.cpu_metrics.clone());
+    let mut samples: VecDeque<f64> = VecDeque::with_capacity(SAMPLES);
+    let mut last_written: Option<u64> = None;
+    let period = ctx.config.worker_metrics_interval.max(Duration::from_secs(1));
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            () = ctx.abort.cancelled() => return,
+            () = ctx.shutdown.cancelled() => {
+                if let Some(secs) = last_written {
+                    let _ = ctx.metrics_store.delete_worker_metrics(&ctx.worker_id, secs).await;
+                }
+                return;
+            }
+            _ = ticker.tick() => {}
+        }
+        let mut metric_stats = BTreeMap::new();
+        let mut operating_range = BTreeMap::new();
+        if cpu.enabled() {
+            if samples.len() == SAMPLES {
+                samples.pop_front();
+            }
+            // The first Auto sample has no previous reading; skip rather than report a failure.
+            match cpu.sample() {
+                Some(v) => samples.push_back(v),
+                None if last_written.is_some() => samples.push_back(-1.0),
+                None => {}
+            }
+            if !samples.is_empty() {
+                metric_stats.insert(CPU.to_owned(), samples.iter().copied().collect());
+                operating_range.insert(CPU.to_owned(), vec![100.0]);
+            }
+        }
+        // Strictly increasing, so the leader sees every report as a change.
+        let secs = ctx.wall.now_secs().max(last_written.map_or(0, |s| s + 1));
+        let row = WorkerMetrics {
+            worker_id: ctx.worker_id.to_string(),
+            last_update_secs: secs,
+            metric_stats,
+            operating_range,
+        };
+        match ctx.metrics_store.put_worker_metrics(&row).await {
+            Ok(()) => last_written = Some(secs),
+            Err(e) => tracing::warn!(error = %e, "writing worker metrics failed"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_stat_utilization() {
+        let a = parse_proc_stat("cpu  100 0 100 800 0 0 0 0 0 0\ncpu0 1 2 3 4\n").expect("parse");
+        let b = parse_proc_stat("cpu  150 0 150 900 0 0 0 0 0 0\n").expect("parse");
+        assert_eq!(utilization(a, b), Some(50.0));
+        assert!(parse_proc_stat("intr 1 2 3").is_none());
+    }
+
+    #[test]
+    fn cpu_max_parsing() {
+        assert_eq!(parse_cpu_max("200000 100000\n"), Some(2.0));
+        assert_eq!(parse_cpu_max("max 100000\n"), None);
+        assert_eq!(parse_cpu_max("garbage"), None);
+    }
+
+    #[test]
+    fn ema_ignores_failed_samples() {
+        let row = WorkerMetrics {
+            worker_id: "w".into(),
+            last_update_secs: 1,
+            metric_stats: [(CPU.to_owned(), vec![10.0, -1.0, 30.0])].into_iter().collect(),
+            operating_range: [(CPU.to_owned(), vec![80.0])].into_iter().collect(),
+        };
+        assert_eq!(cpu_of(&row), Some(20.0));
+        assert_eq!(max_cpu_of(&row), 80.0);
+        let empty = WorkerMetrics { metric_stats: BTreeMap::new(), operating_range: BTreeMap::new(), ..row };
+        assert_eq!(cpu_of(&empty), None);
+        assert_eq!(max_cpu_of(&empty), 100.0);
+    }
+}

@@ -1,0 +1,453 @@
+//! Step 3: pack user records into Kinesis records, one aggregator per predicted shard.
+//!
+//! An aggregator fills a KPL aggregate (exact sizes from
+//! [`AggregateBuilder`](kinesis_core::aggregation::AggregateBuilder)) until the next record would
+//! pass `aggregation_max_size` or the count reaches `aggregation_max_count`; the pipeline also
+//! flushes it when its oldest record has waited `record_max_buffered_time`. As in the KPL:
+//!
+//! * an aggregate's outer partition key is `"a"` and its explicit hash key is the first user
+//!   record's hash key, so it lands on the shard all its records were predicted for;
+//! * an aggregate of a single record is sent as that plain record, with its own keys;
+//! * a record too large for an empty aggregate is sent on its own.
+//!
+//! With compression on, every aggregate — even of one record — is wrapped in the compressed
+//! envelope, so a consumer decodes all records the same way; a record is sent plain only when
+//! the envelope would not fit the stream's maximum record size.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use kinesis_core::aggregation::AggregateBuilder;
+use kinesis_core::aggregation::compression::compress;
+use kinesis_core::{HashKey, KinesisError, PutRecordsEntry};
+use tokio::time::Instant;
+
+use crate::config::Settings;
+use crate::record::Pending;
+
+/// The outer partition key of every aggregate: one byte, as the KPL writes it.
+pub(crate) const AGGREGATE_PARTITION_KEY: &str = "a";
+
+/// One Kinesis record on its way: an aggregate (possibly compressed) or a plain user record,
+/// with the user records it carries.
+///
+/// The user records of an aggregate lend their data to it: they note where their bytes lie in
+/// the encoded aggregate (`source`) and hold no reference of their own, so a delivered record
+/// costs no reference counting. Taking them out ([`take_users`](Self::take_users), or dropping
+/// the Kinesis record) gives each its data back as a slice of the aggregate.
+pub(crate) struct KinesisRecord {
+    /// Creation order within the producer; retried records are put back in this order.
+    pub seq: u64,
+    /// The shard slot it was predicted for.
+    pub slot: usize,
+    /// Version of the shard map that predicted it.
+    pub map_version: u64,
+    /// The user records, in sub-sequence order.
+    users: Vec<Pending>,
+    /// The uncompressed aggregate the user records lent their data to.
+    source: Option<Bytes>,
+    /// The data sent to Kinesis.
+    pub payload: Bytes,
+    /// Whether `payload` is an aggregate (partition key `"a"`).
+    pub aggregated: bool,
+    /// The outer explicit hash key.
+    pub explicit_hash_key: Option<HashKey>,
+    /// When it should be sent at the latest: oldest user record's arrival + max buffered time.
+    pub deadline: Instant,
+    /// When its first user record expires.
+    pub expires: Instant,
+    /// Requests that carried it so far.
+    pub attempts: u32,
+    /// The error of its last attempt.
+    pub last_error: Option<Arc<KinesisError>>,
+    /// When it may be retried (while it waits in a backoff queue).
+    pub retry_at: Instant,
+    /// When its last attempt failed, if one did.
+    pub failed_at: Option<Instant>,
+}
+
+impl KinesisRecord {
+    /// Wraps what an aggregator produced.
+    pub fn new(built: Built, seq: u64, slot: usize, map_version: u64, s: &Settings) -> Self {
+        let oldest = built.users.iter().map(|u| u.arrival).min().unwrap_or_else(Instant::now);
+        KinesisRecord {
+            seq,
+            slot,
+            map_version,
+            users: built.users,
+            source: built.source,
+            payload: built.payload,
+            aggregated: built.aggregated,
+            explicit_hash_key: built.explicit_hash_key,
+            deadline: crate::time::after(oldest, s.max_buffered_time),
+            expires: crate::time::after(oldest, s.ttl),
+            attempts: 0,
+            last_error: None,
+            retry_at: oldest,
+            failed_at: None,
+        }
+    }
+
+    /// The user records, in sub-sequence order (their data may be lent to the aggregate).
+    pub fn users(&self) -> &[Pending] {
+        &self.users
+    }
+
+    /// Takes the user records out, each with its data.
+    pub fn take_users(&mut self) -> Vec<Pending> {
+        let mut users = std::mem::take(&mut self.users);
+        if let Some(source) = &self.source {
+            for user in &mut users {
+                user.restore_data(source);
+            }
+        }
+        users
+    }
+
+    /// Takes the user records out to be delivered: their data stays lent (a delivered record's
+    /// data is not handed back), which saves touching it. Only for records about to complete
+    /// successfully.
+    pub fn take_delivered(&mut self) -> Vec<Pending> {
+        std::mem::take(&mut self.users)
+    }
+
+    /// The outer partition key.
+    pub fn partition_key(&self) -> &str {
+        match self.users.first() {
+            Some(user) if !self.aggregated => user.partition_key(),
+            _ => AGGREGATE_PARTITION_KEY,
+        }
+    }
+
+    /// What Kinesis counts for it: partition key + data bytes.
+    pub fn billed_size(&self) -> usize {
+        self.partition_key().len() + self.payload.len()
+    }
+
+    /// The `PutRecords` entry that sends it.
+    pub fn entry(&self) -> PutRecordsEntry {
+        PutRecordsEntry {
+            partition_key: self.partition_key().to_owned(),
+            explicit_hash_key: self.explicit_hash_key,
+            data: self.payload.clone(),
+        }
+    }
+}
+
+impl Drop for KinesisRecord {
+    /// Records still inside (the producer's task is being torn down) get their data back, so
+    /// they are handed back whole.
+    fn drop(&mut self) {
+        if !self.users.is_empty() {
+            drop(self.take_users());
+        }
+    }
+}
+
+/// A finished Kinesis record's content, before the pipeline gives it a place.
+pub(crate) struct Built {
+    pub users: Vec<Pending>,
+    /// The uncompressed aggregate `users` lent their data to, if they did.
+    pub source: Option<Bytes>,
+    pub payload: Bytes,
+    pub aggregated: bool,
+    pub explicit_hash_key: Option<HashKey>,
+}
+
+/// The aggregate being filled for one shard.
+///
+/// Records' data move into the builder (only the first record's is shared, in case it ends up
+/// sent alone); once the aggregate is encoded, each record's data becomes a slice of it, so the
+/// bytes are held once, not twice.
+#[derive(Default)]
+pub(crate) struct Aggregator {
+    builder: AggregateBuilder,
+    users: Vec<Pending>,
+    ranges: Vec<Range<usize>>,
+    /// An emptied `users` vector of a delivered aggregate, reused for the next one.
+    spare: Option<Vec<Pending>>,
+}
+
+impl Aggregator {
+    /// Whether it holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty()
+    }
+
+    /// Offers an emptied vector of user records for the next aggregate (saves allocating and
+    /// freeing one large vector per aggregate); hands it back if the aggregator has one already.
+    pub fn recycle(&mut self, mut users: Vec<Pending>) -> Option<Vec<Pending>> {
+        users.clear();
+        if self.spare.is_some() || users.capacity() == 0 {
+            return Some(users);
+        }
+        self.spare = Some(users);
+        None
+    }
+
+    /// Whether the aggregator would take a vector from [`recycle`](Self::recycle).
+    pub fn wants_spare(&self) -> bool {
+        self.spare.is_none()
+    }
+
+    /// When its oldest record arrived.
+    pub fn oldest_arrival(&self) -> Option<Instant> {
+        self.users.first().map(|u| u.arrival)
+    }
+
+    /// Adds a record; Kinesis records completed by it (none, one or two) go to `out`, in order.
+    ///
+    /// The record is moved once, into the aggregate's list, and taken back out only when it does
+    /// not fit (records are large enough for extra moves to show in the producer's throughput).
+    pub fn add(&mut self, user: Pending, s: &Settings, out: &mut Vec<Built>) {
+        if !s.aggregation {
+            out.push(plain(user));
+            return;
+        }
+        self.users.push(user);
+        if self.add_last(s) {
+            return self.flush_if_counted(s, out);
+        }
+        let Some(user) = self.users.pop() else { return };
+        if self.users.is_empty() {
+            // Too large for an empty aggregate: it goes on its own.
+            return out.push(self.alone(user, s));
+        }
+        // Full: close this aggregate and start the next with the record.
+        out.extend(self.flush(s));
+        self.users.push(user);
+        if self.add_last(s) {
+            return self.flush_if_counted(s, out);
+        }
+        if let Some(user) = self.users.pop() {
+            out.push(self.alone(user, s));
+        }
+    }
+
+    /// Adds the last record of `users` to the builder if it fits; otherwise leaves it as it was.
+    fn add_last(&mut self, s: &Settings) -> bool {
+        let first = self.users.len() == 1;
+        let Some(user) = self.users.last_mut() else { return false };
+        // The first record's data is shared, not moved, in case it ends up sent alone.
+        let data = if first { user.data().clone() } else { user.take_data() };
+        let added =
+            self.builder.try_add(user.partition_key(), user.explicit_hash_key(), data, &[], s.aggregation_max_size);
+        match added {
+            Ok(_) => true,
+            Err(data) => {
+                if !first {
+                    user.set_data(data);
+                }
+                false
+            }
+        }
+    }
+
+    /// Encodes the builder's aggregate; `users` lend it their data.
+    fn encode(&mut self, users: &mut [Pending]) -> Bytes {
+        self.ranges.clear();
+        let aggregate = self.builder.take_with_data_ranges(&mut self.ranges);
+        for (user, range) in users.iter_mut().zip(self.ranges.drain(..)) {
+            user.lend_data(range);
+        }
+        aggregate
+    }
+
+    fn flush_if_counted(&mut self, s: &Settings, out: &mut Vec<Built>) {
+        if self.users.len() >= s.aggregation_max_count {
+            out.extend(self.flush(s));
+        }
+    }
+
+    /// Closes the current aggregate, if it holds anything.
+    pub fn flush(&mut self, s: &Settings) -> Option<Built> {
+        match self.users.len() {
+            0 => None,
+            1 if s.compression.is_none() => {
+                self.builder.clear();
+                self.users.pop().map(plain)
+            }
+            n => {
+                // Room for as many records as this one, plus the candidate `add` pushes before
+                // it knows whether it fits (and a little slack: sizes vary).
+                let next = match self.spare.take() {
+                    Some(spare) => spare,
+                    None => Vec::with_capacity(n + n / 8 + 2),
+                };
+                let mut users = std::mem::replace(&mut self.users, next);
+                let aggregate = self.encode(&mut users);
+                let explicit_hash_key = users.first().map(|u| u.hash_key);
+                let aggregate_source = aggregate.clone();
+                let payload = match s.compression {
+                    Some(level) => {
+                        let packed = compress(&aggregate, level);
+                        // The plain aggregate always fits; the envelope almost always does.
+                        if packed.len() + AGGREGATE_PARTITION_KEY.len() <= s.max_record_bytes {
+                            packed
+                        } else {
+                            aggregate
+                        }
+                    }
+                    None => aggregate,
+                };
+                Some(Built { users, source: Some(aggregate_source), payload, aggregated: true, explicit_hash_key })
+            }
+        }
+    }
+
+    /// Takes every record out (the shard closed); the partial aggregate is dropped. Records after
+    /// the first lent their data to the builder, so the aggregate is encoded once to hand every
+    /// record its data back (as slices of it) before they are routed again.
+    pub fn take_users(&mut self) -> Vec<Pending> {
+        let mut users = std::mem::take(&mut self.users);
+        if users.len() > 1 {
+            let aggregate = self.encode(&mut users);
+            for user in &mut users {
+                user.restore_data(&aggregate);
+            }
+        }
+        self.builder.clear();
+        users
+    }
+
+    /// A record that does not fit an aggregate: compressed in an envelope of its own when
+    /// compression is on and the envelope fits, else plain. The builder is empty here.
+    fn alone(&mut self, user: Pending, s: &Settings) -> Built {
+        if let Some(level) = s.compression {
+            self.builder.add(user.partition_key(), user.explicit_hash_key(), user.data().clone(), &[]);
+            let packed = compress(&self.builder.take(), level);
+            if packed.len() + AGGREGATE_PARTITION_KEY.len() <= s.max_record_bytes {
+                let explicit_hash_key = Some(user.hash_key);
+                return Built { users: vec![user], source: None, payload: packed, aggregated: true, explicit_hash_key };
+            }
+        }
+        plain(user)
+    }
+}
+
+/// A user record sent as it is, with its own keys.
+fn plain(user: Pending) -> Built {
+    let explicit_hash_key = user.explicit_hash_key().is_some().then_some(user.hash_key);
+    Built { payload: user.data().clone(), users: vec![user], source: None, aggregated: false, explicit_hash_key }
+}
+
+/// Packs user records (all for one shard, in order) into as few Kinesis records as the limits
+/// allow: used when records must be re-packed after expiry or a shard-map change.
+pub(crate) fn pack(users: impl IntoIterator<Item = Pending>, s: &Settings) -> Vec<Built> {
+    let mut aggregator = Aggregator::default();
+    let mut out = Vec::new();
+    for user in users {
+        aggregator.add(user, s, &mut out);
+    }
+    out.extend(aggregator.flush(s));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use kinesis_core::StreamLimits;
+    use kinesis_core::aggregation::{Decoded, decode_record};
+
+    use super::*;
+    use crate::config::ProducerConfig;
+    use crate::record::UserRecord;
+
+    fn settings(config: ProducerConfig) -> Settings {
+        config.resolve(StreamLimits::default()).expect("valid config")
+    }
+
+    fn user(key: &str, data: &[u8]) -> Pending {
+        let record = UserRecord::new(key, Bytes::copy_from_slice(data));
+        let hash_key = HashKey::from_partition_key(key);
+        let (cell, _rx) = crate::completion::Cells::default().pair();
+        Pending::new(record, hash_key, 0, Instant::now(), cell)
+    }
+
+    fn decoded(built: &Built) -> Vec<(String, Vec<u8>)> {
+        match decode_record(&built.payload).expect("decodes") {
+            Decoded::Aggregated(records) => {
+                records.iter().map(|r| (r.partition_key().to_owned(), r.data().to_vec())).collect()
+            }
+            Decoded::NotAggregated => {
+                built.users.iter().map(|u| (u.partition_key().to_owned(), built.payload.to_vec())).collect()
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn fills_to_the_size_limit_and_keeps_order() {
+        let s = settings(ProducerConfig::default().aggregation_max_size(1000));
+        let mut aggregator = Aggregator::default();
+        let mut out = Vec::new();
+        for i in 0..100u8 {
+            aggregator.add(user(&format!("k{}", i % 7), &[i; 40]), &s, &mut out);
+        }
+        out.extend(aggregator.flush(&s));
+        assert!(out.len() > 1);
+        let mut seen = Vec::new();
+        for built in &out {
+            assert!(built.payload.len() <= 1000);
+            assert!(built.aggregated);
+            assert_eq!(built.explicit_hash_key, Some(built.users[0].hash_key), "outer EHK is the first record's");
+            seen.extend(decoded(built).into_iter().map(|(_, data)| data[0]));
+        }
+        assert_eq!(seen, (0..100).collect::<Vec<u8>>());
+    }
+
+    #[tokio::test]
+    async fn single_and_oversized_records_go_plain() {
+        let s = settings(ProducerConfig::default().aggregation_max_size(200));
+        let mut aggregator = Aggregator::default();
+        let mut out = Vec::new();
+        aggregator.add(user("a", b"small"), &s, &mut out);
+        aggregator.add(user("b", &[1; 500]), &s, &mut out);
+        aggregator.add(user("c", b"tail"), &s, &mut out);
+        out.extend(aggregator.flush(&s));
+        assert_eq!(out.len(), 3, "the small record is closed off before the large one to keep order");
+        assert!(out.iter().all(|b| !b.aggregated && b.explicit_hash_key.is_none()));
+        assert_eq!(&out[1].payload[..], &[1; 500][..]);
+    }
+
+    #[tokio::test]
+    async fn count_limit_and_no_aggregation() {
+        let s = settings(ProducerConfig::default().aggregation_max_count(3));
+        let out = pack((0..7).map(|i| user("k", &[i])), &s);
+        assert_eq!(out.iter().map(|b| b.users.len()).collect::<Vec<_>>(), [3, 3, 1]);
+        let s = settings(ProducerConfig::default().aggregation_enabled(false));
+        let out = pack((0..3).map(|i| user("k", &[i])), &s);
+        assert!(out.iter().all(|b| !b.aggregated && b.users.len() == 1));
+    }
+
+    #[tokio::test]
+    async fn compression_wraps_even_single_records() {
+        let s = settings(ProducerConfig::default().compression(crate::Compression::Zlib { level: 6 }));
+        let out = pack([user("only", b"hello hello hello hello")], &s);
+        assert_eq!(out.len(), 1);
+        assert!(out[0].aggregated);
+        assert_eq!(decoded(&out[0]), [("only".to_owned(), b"hello hello hello hello".to_vec())]);
+        let out = pack((0..50).map(|i| user("k", format!("{{\"n\":{i},\"event\":\"click\"}}").as_bytes())), &s);
+        assert_eq!(out.len(), 1);
+        assert_eq!(decoded(&out[0]).len(), 50);
+    }
+    #[tokio::test]
+    async fn records_taken_out_of_a_partial_aggregate_keep_their_data() {
+        // A shard closing while its aggregate fills hands the records back to be routed again:
+        // every one must still carry its own data (not the empty husk lent to the builder).
+        let s = settings(ProducerConfig::default());
+        let mut aggregator = Aggregator::default();
+        let mut out = Vec::new();
+        for i in 0..4u8 {
+            aggregator.add(user(&format!("k{i}"), &[b'a' + i; 10]), &s, &mut out);
+        }
+        assert!(out.is_empty(), "still filling");
+        let users = aggregator.take_users();
+        assert!(aggregator.is_empty());
+        let data: Vec<Vec<u8>> = users.iter().map(|u| u.data().to_vec()).collect();
+        assert_eq!(data, (0..4u8).map(|i| vec![b'a' + i; 10]).collect::<Vec<_>>());
+        let repacked = pack(users, &s);
+        assert_eq!(decoded(&repacked[0]).len(), 4);
+        assert!(decoded(&repacked[0]).iter().enumerate().all(|(i, (_, d))| *d == vec![b'a' + i as u8; 10]));
+    }
+}
