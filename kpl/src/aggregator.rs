@@ -157,9 +157,10 @@ pub(crate) struct Built {
 
 /// The aggregate being filled for one shard.
 ///
-/// Records' data move into the builder (only the first record's is shared, in case it ends up
-/// sent alone); once the aggregate is encoded, each record's data becomes a slice of it, so the
-/// bytes are held once, not twice.
+/// Records' data are copied into the builder as they are added and the records let go of their
+/// own buffers (only the first record keeps its buffer, in case it ends up sent alone); once the
+/// aggregate is encoded, each record's data is a slice of it, so the bytes are held once, not
+/// twice.
 #[derive(Default)]
 pub(crate) struct Aggregator {
     builder: AggregateBuilder,
@@ -226,22 +227,41 @@ impl Aggregator {
     }
 
     /// Adds the last record of `users` to the builder if it fits; otherwise leaves it as it was.
+    ///
+    /// The builder copies the data in at once, while it is still in the CPU's cache; the record
+    /// then lets go of its own buffer (freed here, where the allocator can hand it straight to
+    /// the next record) and notes only its length until the aggregate is encoded. The first
+    /// record keeps its buffer, in case it ends up sent alone.
     fn add_last(&mut self, s: &Settings) -> bool {
         let first = self.users.len() == 1;
         let Some(user) = self.users.last_mut() else { return false };
-        // The first record's data is shared, not moved, in case it ends up sent alone.
-        let data = if first { user.data().clone() } else { user.take_data() };
-        let added =
-            self.builder.try_add(user.partition_key(), user.explicit_hash_key(), data, &[], s.aggregation_max_size);
-        match added {
-            Ok(_) => true,
-            Err(data) => {
-                if !first {
-                    user.set_data(data);
-                }
-                false
+        // A record routed by its partition key carries the key's MD5 already: the builder looks
+        // the key up by it instead of hashing the key again.
+        let key_hash = user.explicit_hash_key().is_none().then(|| {
+            let value = user.hash_key.value();
+            (value as u64) ^ ((value >> 64) as u64)
+        });
+        let added = self.builder.try_add_with_key_hash(
+            user.partition_key(),
+            key_hash,
+            user.explicit_hash_key(),
+            user.data().as_ref(),
+            &[],
+            s.aggregation_max_size,
+        );
+        if added.is_err() {
+            return false;
+        }
+        if !first {
+            // The data's place in the aggregate is known when it is encoded; until then only
+            // its length matters. The key's place is final already.
+            let len = user.data().len();
+            user.lend_data(0..len);
+            if let Some(range) = self.builder.last_partition_key_range() {
+                user.lend_partition_key(range);
             }
         }
+        true
     }
 
     /// Encodes the builder's aggregate; `users` lend it their data.
@@ -315,7 +335,7 @@ impl Aggregator {
     /// compression is on and the envelope fits, else plain. The builder is empty here.
     fn alone(&mut self, user: Pending, s: &Settings) -> Built {
         if let Some(level) = s.compression {
-            self.builder.add(user.partition_key(), user.explicit_hash_key(), user.data().clone(), &[]);
+            self.builder.add(user.partition_key(), user.explicit_hash_key(), user.data(), &[]);
             let packed = compress(&self.builder.take(), level);
             if packed.len() + AGGREGATE_PARTITION_KEY.len() <= s.max_record_bytes {
                 let explicit_hash_key = Some(user.hash_key);
@@ -446,8 +466,26 @@ mod tests {
         assert!(aggregator.is_empty());
         let data: Vec<Vec<u8>> = users.iter().map(|u| u.data().to_vec()).collect();
         assert_eq!(data, (0..4u8).map(|i| vec![b'a' + i; 10]).collect::<Vec<_>>());
+        let keys: Vec<&str> = users.iter().map(|u| u.partition_key()).collect();
+        assert_eq!(keys, ["k0", "k1", "k2", "k3"], "the keys lent to the builder come back too");
         let repacked = pack(users, &s);
         assert_eq!(decoded(&repacked[0]).len(), 4);
         assert!(decoded(&repacked[0]).iter().enumerate().all(|(i, (_, d))| *d == vec![b'a' + i as u8; 10]));
+    }
+
+    #[tokio::test]
+    async fn records_taken_out_of_a_sent_aggregate_are_whole_again() {
+        // Records of an aggregate lend it their data and keys (only the lengths and places stay
+        // with them); a retry or a re-route takes them out whole, repeated keys included.
+        let s = settings(ProducerConfig::default());
+        let inputs: Vec<(String, Vec<u8>)> =
+            (0..6u8).map(|i| (format!("key-{}", i % 3), vec![b'a' + i; usize::from(i) + 1])).collect();
+        let built = pack(inputs.iter().map(|(k, d)| user(k, d)), &s).pop().expect("one aggregate");
+        assert!(built.users[1..].iter().all(|u| u.partition_key().is_empty() && u.data().is_empty()), "lent");
+        assert_eq!(built.users.iter().map(Pending::data_len).collect::<Vec<_>>(), [1, 2, 3, 4, 5, 6]);
+        let mut record = KinesisRecord::new(built, 0, 0, 1, &s);
+        let back: Vec<(String, Vec<u8>)> =
+            record.take_users().iter().map(|u| (u.partition_key().to_owned(), u.data().to_vec())).collect();
+        assert_eq!(back, inputs);
     }
 }

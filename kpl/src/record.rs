@@ -47,7 +47,8 @@ impl UserRecord {
         self
     }
 
-    /// The partition key.
+    /// The partition key (empty while it is lent to an aggregate: see
+    /// [`lend_partition_key`](Self::lend_partition_key)).
     pub fn partition_key(&self) -> &str {
         &self.partition_key
     }
@@ -206,13 +207,25 @@ pub(crate) struct Pending {
     /// Where its data lies in the encoded aggregate that carries it (offset, length), while
     /// `record.data` is empty: see [`KinesisRecord`](crate::aggregator::KinesisRecord).
     span: Option<(u32, u32)>,
+    /// Where its partition key lies in that aggregate's key table (offset, length), while
+    /// `record.partition_key` is empty.
+    key_span: Option<(u32, u16)>,
     cell: Option<Completer>,
 }
 
 impl Pending {
     /// A pending record whose outcome goes to `cell`.
     pub fn new(record: UserRecord, hash_key: HashKey, charge: u32, placeholder: Instant, cell: Completer) -> Self {
-        Pending { record, hash_key, arrival: placeholder, charge, epoch: 0, span: None, cell: Some(cell) }
+        Pending {
+            record,
+            hash_key,
+            arrival: placeholder,
+            charge,
+            epoch: 0,
+            span: None,
+            key_span: None,
+            cell: Some(cell),
+        }
     }
 
     /// The explicit hash key as written, if any.
@@ -220,7 +233,8 @@ impl Pending {
         self.record.explicit_hash_key.as_deref()
     }
 
-    /// The partition key.
+    /// The partition key (empty while it is lent to an aggregate: see
+    /// [`lend_partition_key`](Self::lend_partition_key)).
     pub fn partition_key(&self) -> &str {
         &self.record.partition_key
     }
@@ -228,18 +242,6 @@ impl Pending {
     /// The payload.
     pub fn data(&self) -> &Bytes {
         &self.record.data
-    }
-
-    /// Takes the payload out (it moves into an aggregate builder); put back with
-    /// [`set_data`](Self::set_data).
-    pub fn take_data(&mut self) -> Bytes {
-        std::mem::take(&mut self.record.data)
-    }
-
-    /// Replaces the payload: with the same bytes, possibly as a slice of an encoded aggregate.
-    pub fn set_data(&mut self, data: Bytes) {
-        self.record.data = data;
-        self.span = None;
     }
 
     /// Lets go of the payload, noting where the same bytes lie in an encoded aggregate: the
@@ -252,12 +254,31 @@ impl Pending {
         }
     }
 
-    /// Takes the payload back from the aggregate it was lent to.
+    /// Lets go of the partition key, noting where the same bytes lie in the aggregate that
+    /// carries the record (its key table), like [`lend_data`](Self::lend_data): a delivered
+    /// record then frees nothing of its own, and the key's buffer is freed while it is still in
+    /// the CPU's cache.
+    pub fn lend_partition_key(&mut self, range: std::ops::Range<usize>) {
+        // Partition keys are at most 256 characters, so this always holds.
+        if let (Ok(start), Ok(len)) = (u32::try_from(range.start), u16::try_from(range.len())) {
+            self.record.partition_key = String::new();
+            self.key_span = Some((start, len));
+        }
+    }
+
+    /// Takes the payload and the partition key back from the aggregate they were lent to.
     pub fn restore_data(&mut self, aggregate: &Bytes) {
         if let Some((start, len)) = self.span.take() {
             let (start, end) = (start as usize, start as usize + len as usize);
             if end <= aggregate.len() {
                 self.record.data = aggregate.slice(start..end);
+            }
+        }
+        if let Some((start, len)) = self.key_span.take() {
+            let (start, end) = (start as usize, start as usize + usize::from(len));
+            if let Some(key) = aggregate.get(start..end) {
+                // The bytes are the key's own UTF-8, copied into the aggregate by the builder.
+                self.record.partition_key = String::from_utf8_lossy(key).into_owned();
             }
         }
     }

@@ -1,5 +1,6 @@
-//! The encoder: [`AggregateBuilder`] writes the protobuf bytes directly, with exact incremental
-//! size accounting, and computes the MD5 once when the aggregate is finished.
+//! The encoder: [`AggregateBuilder`] writes the protobuf bytes of each record as it is added,
+//! with exact incremental size accounting, and computes the MD5 once when the aggregate is
+//! finished.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
@@ -31,11 +32,12 @@ const NONE: usize = usize::MAX;
 /// [`size_with`](Self::size_with) are exact (magic, protobuf and digest included), so a caller can
 /// fill an aggregate up to a byte limit without ever encoding it speculatively.
 ///
-/// The builder keeps each record's data as a [`Bytes`] handle (no copy) until
-/// [`finish`](Self::finish) or [`take`](Self::take) writes the aggregate into one exactly sized
-/// buffer. Keys are copied into the builder's own tables; nothing is allocated per record beyond
-/// those tables' amortized growth. `take` empties the builder but keeps its allocations, so one
-/// builder per shard can be reused for every aggregate.
+/// Each record is encoded into the builder's buffer when it is added: its data is copied there
+/// while it is still in the CPU's cache, and the caller can let go of its own copy at once.
+/// [`finish`](Self::finish) or [`take`](Self::take) then write the key tables, the records and
+/// the digest into one exactly sized buffer. Nothing is allocated per record beyond the buffers'
+/// amortized growth; `take` empties the builder but keeps its allocations, so one builder per
+/// shard can be reused for every aggregate.
 ///
 /// The builder does not validate keys: partition keys and explicit hash keys are expected to have
 /// passed [`StreamLimits::validate_record`](crate::StreamLimits::validate_record) already.
@@ -62,22 +64,11 @@ const NONE: usize = usize::MAX;
 pub struct AggregateBuilder {
     partition_keys: KeyTable,
     explicit_hash_keys: KeyTable,
-    records: Vec<PendingRecord>,
-    /// Encoded bytes of all `records` entries (tag, length and body of each).
-    records_len: usize,
-    /// Encoded `tags` fields of all records, each record owning a range.
-    tag_bytes: Vec<u8>,
-}
-
-/// A user record waiting to be encoded.
-#[derive(Debug)]
-struct PendingRecord {
-    partition_key_index: usize,
-    explicit_hash_key_index: Option<usize>,
-    /// Length of the encoded `Record` message.
-    body_len: usize,
-    data: Bytes,
-    tags: Range<usize>,
+    /// The encoded `records` fields of the aggregate, in order: tag, length and `Record` body
+    /// (key indices, data, tags) of each record.
+    records: Vec<u8>,
+    /// Where each record's data lies in `records`, in sub-sequence order.
+    data_spans: Vec<Range<usize>>,
 }
 
 /// What adding a record would do, worked out without changing the builder.
@@ -95,26 +86,32 @@ impl AggregateBuilder {
         Self::default()
     }
 
-    /// An empty builder with room for `records` user records before it reallocates.
+    /// An empty builder with room for `records` user records before it reallocates its list of
+    /// records (its byte buffer grows as records are added).
     pub fn with_capacity(records: usize) -> Self {
-        AggregateBuilder { records: Vec::with_capacity(records), ..Self::default() }
+        AggregateBuilder { data_spans: Vec::with_capacity(records), ..Self::default() }
     }
 
     /// Number of user records added so far.
     pub fn len(&self) -> usize {
-        self.records.len()
+        self.data_spans.len()
     }
 
     /// Whether no user record has been added.
     pub fn is_empty(&self) -> bool {
-        self.records.is_empty()
+        self.data_spans.is_empty()
     }
 
     /// The exact length [`finish`](Self::finish) would return now: magic, protobuf and digest.
     ///
     /// An empty builder reports [`FIXED_OVERHEAD`] (20 bytes).
     pub fn encoded_len(&self) -> usize {
-        FIXED_OVERHEAD + self.partition_keys.encoded.len() + self.explicit_hash_keys.encoded.len() + self.records_len
+        self.header_len() + self.records.len() + FIXED_OVERHEAD - MAGIC.len()
+    }
+
+    /// Bytes before the first record in the encoded aggregate: the magic and the key tables.
+    fn header_len(&self) -> usize {
+        MAGIC.len() + self.partition_keys.encoded.len() + self.explicit_hash_keys.encoded.len()
     }
 
     /// The exact [`encoded_len`](Self::encoded_len) the aggregate would have after adding a
@@ -128,16 +125,23 @@ impl AggregateBuilder {
         data_len: usize,
         tags: &[Tag],
     ) -> usize {
-        self.plan(partition_key, explicit_hash_key, data_len, tags_len(tags)).new_len
+        self.plan(partition_key, None, explicit_hash_key, data_len, tags_len(tags)).new_len
     }
 
     /// Adds a user record and returns its sub-sequence number (its position in the aggregate).
     ///
-    /// `data` is kept as is (no copy) until the aggregate is encoded.
-    pub fn add(&mut self, partition_key: &str, explicit_hash_key: Option<&str>, data: Bytes, tags: &[Tag]) -> u64 {
+    /// The data is copied into the aggregate; `data` itself is dropped.
+    pub fn add(
+        &mut self,
+        partition_key: &str,
+        explicit_hash_key: Option<&str>,
+        data: impl AsRef<[u8]>,
+        tags: &[Tag],
+    ) -> u64 {
+        let data = data.as_ref();
         let tags_len = tags_len(tags);
-        let plan = self.plan(partition_key, explicit_hash_key, data.len(), tags_len);
-        self.commit(plan, partition_key, explicit_hash_key, data, tags, tags_len)
+        let plan = self.plan(partition_key, None, explicit_hash_key, data.len(), tags_len);
+        self.commit(plan, partition_key, explicit_hash_key, data, tags)
     }
 
     /// Adds a user record only if the aggregate stays within `max_encoded_len` bytes, and returns
@@ -145,20 +149,51 @@ impl AggregateBuilder {
     ///
     /// This is [`size_with`](Self::size_with) and [`add`](Self::add) in one step, with a single
     /// key lookup.
-    pub fn try_add(
+    pub fn try_add<D: AsRef<[u8]>>(
         &mut self,
         partition_key: &str,
         explicit_hash_key: Option<&str>,
-        data: Bytes,
+        data: D,
         tags: &[Tag],
         max_encoded_len: usize,
-    ) -> Result<u64, Bytes> {
+    ) -> Result<u64, D> {
+        self.try_add_with_key_hash(partition_key, None, explicit_hash_key, data, tags, max_encoded_len)
+    }
+
+    /// [`try_add`](Self::try_add) for a caller that already holds a well-mixed 64-bit hash of
+    /// the partition key (a producer has its MD5 at hand): the builder looks the key up by that
+    /// hash instead of hashing the key again.
+    ///
+    /// `partition_key_hash` must be the same for equal keys whenever it is given; a key added
+    /// once with a hash and once without may be stored twice in the table (still a valid
+    /// aggregate, a few bytes larger, and the sizes reported stay exact).
+    pub fn try_add_with_key_hash<D: AsRef<[u8]>>(
+        &mut self,
+        partition_key: &str,
+        partition_key_hash: Option<u64>,
+        explicit_hash_key: Option<&str>,
+        data: D,
+        tags: &[Tag],
+        max_encoded_len: usize,
+    ) -> Result<u64, D> {
+        let bytes = data.as_ref();
         let tags_len = tags_len(tags);
-        let plan = self.plan(partition_key, explicit_hash_key, data.len(), tags_len);
+        let plan = self.plan(partition_key, partition_key_hash, explicit_hash_key, bytes.len(), tags_len);
         if plan.new_len > max_encoded_len {
             return Err(data);
         }
-        Ok(self.commit(plan, partition_key, explicit_hash_key, data, tags, tags_len))
+        Ok(self.commit(plan, partition_key, explicit_hash_key, bytes, tags))
+    }
+
+    /// Where the partition key of the record added last lies in the encoded aggregate (its
+    /// entry in the partition-key table), or `None` if no record was added.
+    ///
+    /// The partition-key table comes first in the aggregate and only grows at its end, so the
+    /// range stays valid as more records are added. A caller can keep this range instead of its
+    /// own copy of the key, as with [`take_with_data_ranges`](Self::take_with_data_ranges).
+    pub fn last_partition_key_range(&self) -> Option<Range<usize>> {
+        let span = self.partition_keys.spans.get(self.partition_keys.last)?;
+        Some(span.start + MAGIC.len()..span.end + MAGIC.len())
     }
 
     /// Encodes the aggregate: magic, protobuf body, MD5 of the body.
@@ -193,13 +228,19 @@ impl AggregateBuilder {
         self.partition_keys.clear();
         self.explicit_hash_keys.clear();
         self.records.clear();
-        self.records_len = 0;
-        self.tag_bytes.clear();
+        self.data_spans.clear();
     }
 
-    fn plan(&self, partition_key: &str, explicit_hash_key: Option<&str>, data_len: usize, tags_len: usize) -> Plan {
+    fn plan(
+        &self,
+        partition_key: &str,
+        partition_key_hash: Option<u64>,
+        explicit_hash_key: Option<&str>,
+        data_len: usize,
+        tags_len: usize,
+    ) -> Plan {
         let mut tables_growth = 0;
-        let partition_key_slot = self.partition_keys.find(partition_key);
+        let partition_key_slot = self.partition_keys.find(partition_key, partition_key_hash);
         let pk_index = match partition_key_slot {
             Slot::Existing(index) => index,
             Slot::New(_) => {
@@ -209,7 +250,7 @@ impl AggregateBuilder {
         };
         let mut body_len = 1 + varint_len(pk_index as u64) + field_len(data_len) + tags_len;
         let explicit_hash_key_slot = explicit_hash_key.map(|ehk| {
-            let slot = self.explicit_hash_keys.find(ehk);
+            let slot = self.explicit_hash_keys.find(ehk, None);
             let index = match slot {
                 Slot::Existing(index) => index,
                 Slot::New(_) => {
@@ -233,64 +274,54 @@ impl AggregateBuilder {
         plan: Plan,
         partition_key: &str,
         explicit_hash_key: Option<&str>,
-        data: Bytes,
+        data: &[u8],
         tags: &[Tag],
-        tags_len: usize,
     ) -> u64 {
         let partition_key_index = self.partition_keys.resolve(partition_key, plan.partition_key);
         let explicit_hash_key_index = match (explicit_hash_key, plan.explicit_hash_key) {
             (Some(ehk), Some(slot)) => Some(self.explicit_hash_keys.resolve(ehk, slot)),
             _ => None,
         };
-        let tags_start = self.tag_bytes.len();
-        if !tags.is_empty() {
-            self.tag_bytes.reserve(tags_len);
-            for tag in tags {
-                encode_tag(&mut self.tag_bytes, tag);
-            }
+        let start_len = self.records.len();
+        self.records.reserve(field_len(plan.body_len));
+        // Tag, length and the fixed fields of the record, at most 1+10 + 1+10 + 1+10 + 1+10.
+        let mut header = [0u8; 44];
+        let mut at = 0;
+        at = put_byte(&mut header, at, RECORDS);
+        at = put_varint(&mut header, at, plan.body_len as u64);
+        at = put_byte(&mut header, at, RECORD_PARTITION_KEY_INDEX);
+        at = put_varint(&mut header, at, partition_key_index as u64);
+        if let Some(index) = explicit_hash_key_index {
+            at = put_byte(&mut header, at, RECORD_EXPLICIT_HASH_KEY_INDEX);
+            at = put_varint(&mut header, at, index as u64);
         }
-        debug_assert_eq!(self.tag_bytes.len() - tags_start, tags_len);
-        self.records_len += field_len(plan.body_len);
-        self.records.push(PendingRecord {
-            partition_key_index,
-            explicit_hash_key_index,
-            body_len: plan.body_len,
-            data,
-            tags: tags_start..self.tag_bytes.len(),
-        });
-        (self.records.len() - 1) as u64
+        at = put_byte(&mut header, at, RECORD_DATA);
+        at = put_varint(&mut header, at, data.len() as u64);
+        self.records.extend_from_slice(header.get(..at).unwrap_or_default());
+        let data_start = self.records.len();
+        self.records.extend_from_slice(data);
+        self.data_spans.push(data_start..self.records.len());
+        for tag in tags {
+            encode_tag(&mut self.records, tag);
+        }
+        debug_assert_eq!(self.records.len() - start_len, field_len(plan.body_len), "size accounting must match");
+        (self.data_spans.len() - 1) as u64
     }
 
-    fn encode(&self, mut ranges: Option<&mut Vec<Range<usize>>>) -> Bytes {
+    fn encode(&self, ranges: Option<&mut Vec<Range<usize>>>) -> Bytes {
         let total = self.encoded_len();
+        let header_len = self.header_len();
         let mut out = Vec::with_capacity(total);
         out.extend_from_slice(&MAGIC);
         out.extend_from_slice(&self.partition_keys.encoded);
         out.extend_from_slice(&self.explicit_hash_keys.encoded);
-        for record in &self.records {
-            // Tag, length and the fixed fields of the record, at most 1+10 + 1+10 + 1+10 + 1+10.
-            let mut header = [0u8; 44];
-            let mut at = 0;
-            at = put_byte(&mut header, at, RECORDS);
-            at = put_varint(&mut header, at, record.body_len as u64);
-            at = put_byte(&mut header, at, RECORD_PARTITION_KEY_INDEX);
-            at = put_varint(&mut header, at, record.partition_key_index as u64);
-            if let Some(index) = record.explicit_hash_key_index {
-                at = put_byte(&mut header, at, RECORD_EXPLICIT_HASH_KEY_INDEX);
-                at = put_varint(&mut header, at, index as u64);
-            }
-            at = put_byte(&mut header, at, RECORD_DATA);
-            at = put_varint(&mut header, at, record.data.len() as u64);
-            out.extend_from_slice(header.get(..at).unwrap_or_default());
-            if let Some(ranges) = ranges.as_deref_mut() {
-                ranges.push(out.len()..out.len() + record.data.len());
-            }
-            out.extend_from_slice(&record.data);
-            out.extend_from_slice(self.tag_bytes.get(record.tags.clone()).unwrap_or_default());
-        }
+        out.extend_from_slice(&self.records);
         let digest = Md5::digest(out.get(MAGIC.len()..).unwrap_or_default());
         out.extend_from_slice(&digest);
         debug_assert_eq!(out.len(), total, "size accounting must match the encoding");
+        if let Some(ranges) = ranges {
+            ranges.extend(self.data_spans.iter().map(|span| span.start + header_len..span.end + header_len));
+        }
         Bytes::from(out)
     }
 }
@@ -398,11 +429,13 @@ impl KeyTable {
         self.spans.get(index).and_then(|span| self.encoded.get(span.clone())).unwrap_or_default()
     }
 
-    fn find(&self, key: &str) -> Slot {
+    /// Where `key` is or would go; `hash` is the caller's hash of it, if it has one (else the
+    /// table's own keyed hash is used).
+    fn find(&self, key: &str, hash: Option<u64>) -> Slot {
         if self.last != NONE && self.key(self.last) == key.as_bytes() {
             return Slot::Existing(self.last);
         }
-        let hash = self.hasher.hash_one(key);
+        let hash = hash.unwrap_or_else(|| self.hasher.hash_one(key));
         let mut index = self.heads.get(&hash).copied().unwrap_or(NONE);
         while index != NONE {
             if self.key(index) == key.as_bytes() {
@@ -447,8 +480,7 @@ impl Default for AggregateBuilder {
             partition_keys: KeyTable::new(PARTITION_KEY_TABLE),
             explicit_hash_keys: KeyTable::new(EXPLICIT_HASH_KEY_TABLE),
             records: Vec::new(),
-            records_len: 0,
-            tag_bytes: Vec::new(),
+            data_spans: Vec::new(),
         }
     }
 }

@@ -442,3 +442,18 @@ fn data_ranges_point_at_each_records_data() {
     }
     assert_eq!(aggregated(&encoded).len(), 3);
 }
+
+#[test]
+fn the_last_partition_key_range_stays_valid_as_records_are_added() {
+    let mut builder = AggregateBuilder::new();
+    assert_eq!(builder.last_partition_key_range(), None);
+    let mut ranges = Vec::new();
+    for key in ["first", "second", "first", "third"] {
+        builder.add(key, (key == "third").then_some("7"), Bytes::from_static(b"data"), &[]);
+        ranges.push((key, builder.last_partition_key_range().expect("a record was added")));
+    }
+    let encoded = builder.finish();
+    for (key, range) in ranges {
+        assert_eq!(&encoded[range], key.as_bytes());
+    }
+}
