@@ -401,6 +401,8 @@ struct KeyTable {
     spans: Vec<Range<usize>>,
     /// For each index, the next index with the same hash, or `NONE`.
     chain: Vec<usize>,
+    /// For each index, the hash it was stored under.
+    hashes: Vec<u64>,
     /// Hash of a key → the most recently added index with that hash.
     heads: HashMap<u64, usize, BuildHasherDefault<PassThroughHasher>>,
     hasher: RandomState,
@@ -415,6 +417,7 @@ impl KeyTable {
             encoded: Vec::new(),
             spans: Vec::new(),
             chain: Vec::new(),
+            hashes: Vec::new(),
             heads: HashMap::default(),
             hasher: RandomState::new(),
             last: NONE,
@@ -432,7 +435,12 @@ impl KeyTable {
     /// Where `key` is or would go; `hash` is the caller's hash of it, if it has one (else the
     /// table's own keyed hash is used).
     fn find(&self, key: &str, hash: Option<u64>) -> Slot {
-        if self.last != NONE && self.key(self.last) == key.as_bytes() {
+        // With the caller's hash, the last key's hash rules it out without reading its bytes.
+        let last_may_match = match hash {
+            Some(hash) => self.hashes.get(self.last) == Some(&hash),
+            None => self.last != NONE,
+        };
+        if last_may_match && self.key(self.last) == key.as_bytes() {
             return Slot::Existing(self.last);
         }
         let hash = hash.unwrap_or_else(|| self.hasher.hash_one(key));
@@ -458,6 +466,7 @@ impl KeyTable {
                 self.encoded.extend_from_slice(key.as_bytes());
                 self.spans.push(start..self.encoded.len());
                 self.chain.push(self.heads.insert(hash, index).unwrap_or(NONE));
+                self.hashes.push(hash);
                 index
             }
         };
@@ -469,6 +478,7 @@ impl KeyTable {
         self.encoded.clear();
         self.spans.clear();
         self.chain.clear();
+        self.hashes.clear();
         self.heads.clear();
         self.last = NONE;
     }
