@@ -47,8 +47,7 @@ impl UserRecord {
         self
     }
 
-    /// The partition key (empty while it is lent to an aggregate: see
-    /// [`lend_partition_key`](Self::lend_partition_key)).
+    /// The partition key.
     pub fn partition_key(&self) -> &str {
         &self.partition_key
     }

@@ -9,7 +9,7 @@ use std::ops::Range;
 use bytes::Bytes;
 use md5::{Digest, Md5};
 
-use super::{FIXED_OVERHEAD, MAGIC, Tag, field_len, varint_len};
+use super::{DIGEST_LEN, MAGIC, Tag, field_len, varint_len};
 
 // Tag bytes: (field number << 3) | wire type.
 const PARTITION_KEY_TABLE: u8 = 0x0A; // AggregatedRecord.partition_key_table = 1, len
@@ -104,9 +104,9 @@ impl AggregateBuilder {
 
     /// The exact length [`finish`](Self::finish) would return now: magic, protobuf and digest.
     ///
-    /// An empty builder reports [`FIXED_OVERHEAD`] (20 bytes).
+    /// An empty builder reports [`FIXED_OVERHEAD`](super::FIXED_OVERHEAD) (20 bytes).
     pub fn encoded_len(&self) -> usize {
-        self.header_len() + self.records.len() + FIXED_OVERHEAD - MAGIC.len()
+        self.header_len() + self.records.len() + DIGEST_LEN
     }
 
     /// Bytes before the first record in the encoded aggregate: the magic and the key tables.
