@@ -402,9 +402,15 @@ impl Pipeline {
             // BufferingTime, as the KPL: arrival to first send, and between attempts.
             if let Some(Some(slot)) = self.slots.get(record.slot) {
                 if record.attempts == 0 {
-                    for user in record.users() {
+                    // Records taken in on one turn share their arrival: one sample per run.
+                    let mut users = record.users().iter().peekable();
+                    while let Some(user) = users.next() {
+                        let mut same = 1;
+                        while users.next_if(|next| next.arrival == user.arrival).is_some() {
+                            same += 1;
+                        }
                         let waited = now.saturating_duration_since(user.arrival);
-                        slot.metrics.buffering_time.record(waited.as_secs_f64() * 1000.0);
+                        slot.metrics.buffering_time.record_many(waited.as_secs_f64() * 1000.0, same);
                     }
                 } else if let Some(failed_at) = record.failed_at {
                     let waited = now.saturating_duration_since(failed_at);
@@ -566,12 +572,28 @@ impl Pipeline {
         let mut list = record.take_delivered();
         let shared = Arc::new(placement.clone());
         // Resolved where they lie (records are large; moving each out costs more than the rest).
+        // Their bookkeeping is summed over the list: records of one flush epoch come in runs.
+        let mut released = 0;
+        let mut epoch_run: Option<(u64, usize)> = None;
         for (position, user) in list.iter_mut().enumerate() {
             let sub_sequence_number = if record.aggregated { position as u64 } else { 0 };
             let metadata = RecordMetadata::new(shared.clone(), sub_sequence_number, record.aggregated, record.attempts);
-            self.account_finished(user);
+            released += user.charge as usize;
+            match &mut epoch_run {
+                Some((epoch, count)) if *epoch == user.epoch => *count += 1,
+                _ => {
+                    if let Some((epoch, count)) = epoch_run.replace((user.epoch, 1)) {
+                        self.finish_in_epoch(epoch, count);
+                    }
+                }
+            }
             user.deliver_in_place(metadata);
         }
+        if let Some((epoch, count)) = epoch_run {
+            self.finish_in_epoch(epoch, count);
+        }
+        self.release += released;
+        self.outstanding = self.outstanding.saturating_sub(list.len());
         list.clear();
         if record.aggregated {
             self.recycle(record.slot, list);
@@ -906,8 +928,13 @@ impl Pipeline {
     fn account_finished(&mut self, user: &Pending) {
         self.release += user.charge as usize;
         self.outstanding = self.outstanding.saturating_sub(1);
-        if let Some(entry) = self.epochs.iter_mut().find(|(epoch, _)| *epoch == user.epoch) {
-            entry.1 = entry.1.saturating_sub(1);
+        self.finish_in_epoch(user.epoch, 1);
+    }
+
+    /// `count` records of flush epoch `epoch` finished: epochs with none left are done.
+    fn finish_in_epoch(&mut self, epoch: u64, count: usize) {
+        if let Some(entry) = self.epochs.iter_mut().find(|(e, _)| *e == epoch) {
+            entry.1 = entry.1.saturating_sub(count);
         }
         while self.epochs.front().is_some_and(|(_, count)| *count == 0) {
             self.epochs.pop_front();
