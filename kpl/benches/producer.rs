@@ -95,8 +95,8 @@ async fn throughput_run(shared_payload: bool) -> (f64, Option<f64>, kpl::Produce
     static PAYLOAD: [u8; RECORD_BYTES] = [b'x'; RECORD_BYTES];
     // The broker keeps records only briefly. What is measured is the producer; a broker holding
     // every record of the run (about a gigabyte) would make each new aggregate's buffer fresh
-    // memory, and the page faults on it (10–25 % of the run's time, measured) are a cost a real
-    // producer does not pay: it frees a sent aggregate once its `PutRecords` call returns.
+    // memory, and the page faults on it (the run is 10–25 % faster without them, measured) are a
+    // cost a real producer does not pay: it frees a sent aggregate once its `PutRecords` returns.
     let broker_config =
         BrokerConfig { default_retention: Duration::from_millis(RETENTION_MS), ..BrokerConfig::default() };
     let broker = MemoryBroker::with_config(broker_config.without_throttling());

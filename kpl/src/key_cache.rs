@@ -79,9 +79,7 @@ impl Memo {
         }
         hash
     }
-}
 
-impl Memo {
     /// Picks the slot a new key with these two slots goes to: a free one, else one whose key
     /// can move to its own other slot (moved there), else one of the two in turn (its key is
     /// forgotten).

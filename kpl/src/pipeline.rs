@@ -403,14 +403,10 @@ impl Pipeline {
             if let Some(Some(slot)) = self.slots.get(record.slot) {
                 if record.attempts == 0 {
                     // Records taken in on one turn share their arrival: one sample per run.
-                    let mut users = record.users().iter().peekable();
-                    while let Some(user) = users.next() {
-                        let mut same = 1;
-                        while users.next_if(|next| next.arrival == user.arrival).is_some() {
-                            same += 1;
-                        }
+                    for run in record.users().chunk_by(|a, b| a.arrival == b.arrival) {
+                        let Some(user) = run.first() else { continue };
                         let waited = now.saturating_duration_since(user.arrival);
-                        slot.metrics.buffering_time.record_many(waited.as_secs_f64() * 1000.0, same);
+                        slot.metrics.buffering_time.record_many(waited.as_secs_f64() * 1000.0, run.len());
                     }
                 } else if let Some(failed_at) = record.failed_at {
                     let waited = now.saturating_duration_since(failed_at);
@@ -572,27 +568,20 @@ impl Pipeline {
         let mut list = record.take_delivered();
         let shared = Arc::new(placement.clone());
         // Resolved where they lie (records are large; moving each out costs more than the rest).
-        // Their bookkeeping is summed over the list: records of one flush epoch come in runs.
-        let mut released = 0;
-        let mut epoch_run: Option<(u64, usize)> = None;
-        for (position, user) in list.iter_mut().enumerate() {
-            let sub_sequence_number = if record.aggregated { position as u64 } else { 0 };
-            let metadata = RecordMetadata::new(shared.clone(), sub_sequence_number, record.aggregated, record.attempts);
-            released += user.charge as usize;
-            match &mut epoch_run {
-                Some((epoch, count)) if *epoch == user.epoch => *count += 1,
-                _ => {
-                    if let Some((epoch, count)) = epoch_run.replace((user.epoch, 1)) {
-                        self.finish_in_epoch(epoch, count);
-                    }
-                }
+        // Their bookkeeping is summed per run of one flush epoch (records come in such runs).
+        let mut position = 0;
+        for run in list.chunk_by_mut(|a, b| a.epoch == b.epoch) {
+            let Some(epoch) = run.first().map(|user| user.epoch) else { continue };
+            for user in run.iter_mut() {
+                let sub_sequence_number = if record.aggregated { position } else { 0 };
+                position += 1;
+                self.release += user.charge as usize;
+                let metadata =
+                    RecordMetadata::new(shared.clone(), sub_sequence_number, record.aggregated, record.attempts);
+                user.deliver_in_place(metadata);
             }
-            user.deliver_in_place(metadata);
+            self.finish_in_epoch(epoch, run.len());
         }
-        if let Some((epoch, count)) = epoch_run {
-            self.finish_in_epoch(epoch, count);
-        }
-        self.release += released;
         self.outstanding = self.outstanding.saturating_sub(list.len());
         list.clear();
         if record.aggregated {
