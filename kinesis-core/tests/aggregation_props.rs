@@ -4,7 +4,8 @@
 
 use bytes::Bytes;
 use kinesis_core::aggregation::{
-    AggregateBuilder, AggregationError, Decoded, FIXED_OVERHEAD, MAGIC, Tag, decode, is_aggregated, proto,
+    AggregateBuilder, AggregationError, Decoded, FIXED_OVERHEAD, MAGIC, Tag, UnsealedAggregate, decode, is_aggregated,
+    proto,
 };
 use md5::{Digest, Md5};
 use proptest::prelude::*;
@@ -289,5 +290,33 @@ proptest! {
         prop_assert!(len <= limit.max(FIXED_OVERHEAD));
         prop_assert_eq!(builder.take().len(), len);
         prop_assert!(builder.is_empty());
+    }
+}
+
+proptest! {
+    // Fewer cases: each seals up to ten aggregates, and the digest runs unoptimized in tests.
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn aggregates_sealed_together_equal_each_finished_alone(batches in prop::collection::vec(batch(), 0..11)) {
+        // Up to eight digests run side by side, lanes refilled as messages of different lengths
+        // end: every aggregate must come out byte for byte as `finish` makes it.
+        let mut unsealed = Vec::new();
+        let mut predicted = Vec::new();
+        for batch in &batches {
+            let mut builder = AggregateBuilder::new();
+            for input in batch {
+                builder.add(&input.partition_key, input.explicit_hash_key.as_deref(), Bytes::from(input.data.clone()), &input.tags);
+            }
+            let aggregate = builder.take_unsealed_with_data_ranges(&mut Vec::new());
+            predicted.push(aggregate.sealed_len());
+            unsealed.push(aggregate);
+        }
+        let sealed = UnsealedAggregate::seal_all(unsealed);
+        prop_assert_eq!(sealed.len(), batches.len());
+        for ((aggregate, batch), len) in sealed.iter().zip(&batches).zip(predicted) {
+            prop_assert_eq!(aggregate, &encode(batch));
+            prop_assert_eq!(aggregate.len(), len);
+        }
     }
 }

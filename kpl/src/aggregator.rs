@@ -13,13 +13,19 @@
 //! With compression on, every aggregate — even of one record — is wrapped in the compressed
 //! envelope, so a consumer decodes all records the same way; a record is sent plain only when
 //! the envelope would not fit the stream's maximum record size.
+//!
+//! An uncompressed aggregate leaves its aggregator without the MD5 digest that ends it: the
+//! pipeline computes the digests of a request's aggregates together just before sending it
+//! ([`KinesisRecord::seal_all`]), eight side by side, which is several times faster than one by
+//! one (the digest took a third of the producer's time per record). Sizes are exact before
+//! sealing, so nothing else changes.
 
 use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use kinesis_core::aggregation::AggregateBuilder;
 use kinesis_core::aggregation::compression::compress;
+use kinesis_core::aggregation::{AggregateBuilder, UnsealedAggregate};
 use kinesis_core::{HashKey, KinesisError, PutRecordsEntry};
 use tokio::time::Instant;
 
@@ -30,12 +36,7 @@ use crate::record::Pending;
 pub(crate) const AGGREGATE_PARTITION_KEY: &str = "a";
 
 /// One Kinesis record on its way: an aggregate (possibly compressed) or a plain user record,
-/// with the user records it carries.
-///
-/// The user records of an aggregate lend their data to it: they note where their bytes lie in
-/// the encoded aggregate (`source`) and hold no reference of their own, so a delivered record
-/// costs no reference counting. Taking them out ([`take_users`](Self::take_users), or dropping
-/// the Kinesis record) gives each its data back as a slice of the aggregate.
+/// with the user records it carries, its place in the producer's order and its attempts.
 pub(crate) struct KinesisRecord {
     /// Creation order within the producer; retried records are put back in this order.
     pub seq: u64,
@@ -43,16 +44,8 @@ pub(crate) struct KinesisRecord {
     pub slot: usize,
     /// Version of the shard map that predicted it.
     pub map_version: u64,
-    /// The user records, in sub-sequence order.
-    users: Vec<Pending>,
-    /// The uncompressed aggregate the user records lent their data to.
-    source: Option<Bytes>,
-    /// The data sent to Kinesis.
-    pub payload: Bytes,
-    /// Whether `payload` is an aggregate (partition key `"a"`).
-    pub aggregated: bool,
-    /// The outer explicit hash key.
-    pub explicit_hash_key: Option<HashKey>,
+    /// What it sends, and the user records inside.
+    content: Built,
     /// When it should be sent at the latest: oldest user record's arrival + max buffered time.
     pub deadline: Instant,
     /// When its first user record expires.
@@ -75,11 +68,7 @@ impl KinesisRecord {
             seq,
             slot,
             map_version,
-            users: built.users,
-            source: built.source,
-            payload: built.payload,
-            aggregated: built.aggregated,
-            explicit_hash_key: built.explicit_hash_key,
+            content: built,
             deadline: crate::time::after(oldest, s.max_buffered_time),
             expires: crate::time::after(oldest, s.ttl),
             attempts: 0,
@@ -91,46 +80,51 @@ impl KinesisRecord {
 
     /// The user records, in sub-sequence order (their data may be lent to the aggregate).
     pub fn users(&self) -> &[Pending] {
-        &self.users
+        &self.content.users
+    }
+
+    /// Whether it is an aggregate (partition key `"a"`).
+    pub fn aggregated(&self) -> bool {
+        self.content.aggregated
     }
 
     /// Takes the user records out, each with its data.
     pub fn take_users(&mut self) -> Vec<Pending> {
-        let mut users = std::mem::take(&mut self.users);
-        if let Some(source) = &self.source {
-            for user in &mut users {
-                user.restore_data(source);
-            }
-        }
-        users
+        self.content.take_users()
     }
 
     /// Takes the user records out to be delivered: their data stays lent (a delivered record's
     /// data is not handed back), which saves touching it. Only for records about to complete
     /// successfully.
     pub fn take_delivered(&mut self) -> Vec<Pending> {
-        std::mem::take(&mut self.users)
-    }
-
-    /// The outer partition key.
-    pub fn partition_key(&self) -> &str {
-        match self.users.first() {
-            Some(user) if !self.aggregated => user.partition_key(),
-            _ => AGGREGATE_PARTITION_KEY,
-        }
+        std::mem::take(&mut self.content.users)
     }
 
     /// What Kinesis counts for it: partition key + data bytes.
     pub fn billed_size(&self) -> usize {
-        self.partition_key().len() + self.payload.len()
+        self.content.partition_key().len() + self.content.payload_len()
     }
 
-    /// The `PutRecords` entry that sends it.
-    pub fn entry(&self) -> PutRecordsEntry {
+    /// Computes the digests of the records' unsealed aggregates together (see
+    /// [`UnsealedAggregate::seal_all`]): what a request does before it is sent.
+    pub fn seal_all(records: &mut [KinesisRecord]) {
+        let (contents, aggregates): (Vec<&mut Built>, Vec<UnsealedAggregate>) = records
+            .iter_mut()
+            .filter_map(|record| record.content.unsealed.take().map(|aggregate| (&mut record.content, aggregate)))
+            .unzip();
+        for (content, aggregate) in contents.into_iter().zip(UnsealedAggregate::seal_all(aggregates)) {
+            content.put_sealed(aggregate);
+        }
+    }
+
+    /// The `PutRecords` entry that sends it (sealing it first if [`seal_all`](Self::seal_all)
+    /// has not).
+    pub fn entry(&mut self) -> PutRecordsEntry {
+        self.content.seal();
         PutRecordsEntry {
-            partition_key: self.partition_key().to_owned(),
-            explicit_hash_key: self.explicit_hash_key,
-            data: self.payload.clone(),
+            partition_key: self.content.partition_key().to_owned(),
+            explicit_hash_key: self.content.explicit_hash_key,
+            data: self.content.payload.clone(),
         }
     }
 }
@@ -139,20 +133,75 @@ impl Drop for KinesisRecord {
     /// Records still inside (the producer's task is being torn down) get their data back, so
     /// they are handed back whole.
     fn drop(&mut self) {
-        if !self.users.is_empty() {
+        if !self.content.users.is_empty() {
             drop(self.take_users());
         }
     }
 }
 
-/// A finished Kinesis record's content, before the pipeline gives it a place.
+/// A finished Kinesis record's content: its data, and the user records it carries.
+///
+/// The user records of an aggregate lend their data to it: they note where their bytes lie in
+/// the encoded aggregate (`source`) and hold no reference of their own, so a delivered record
+/// costs no reference counting. Taking them out ([`take_users`](Self::take_users), or dropping
+/// the Kinesis record) gives each its data back as a slice of the aggregate.
+///
+/// An uncompressed aggregate leaves the aggregator without its digest (`unsealed`): the
+/// pipeline computes the digests of a request's aggregates together just before sending it,
+/// several times faster than one by one (see [`UnsealedAggregate`]).
 pub(crate) struct Built {
+    /// The user records, in sub-sequence order.
     pub users: Vec<Pending>,
-    /// The uncompressed aggregate `users` lent their data to, if they did.
+    /// The uncompressed aggregate `users` lent their data to, once sealed.
     pub source: Option<Bytes>,
+    /// The data sent to Kinesis (empty while `unsealed`).
     pub payload: Bytes,
+    /// The aggregate before its digest is computed; `payload` and `source` once it is.
+    pub unsealed: Option<UnsealedAggregate>,
+    /// Whether `payload` is an aggregate (partition key `"a"`).
     pub aggregated: bool,
+    /// The outer explicit hash key.
     pub explicit_hash_key: Option<HashKey>,
+}
+
+impl Built {
+    /// The outer partition key.
+    fn partition_key(&self) -> &str {
+        match self.users.first() {
+            Some(user) if !self.aggregated => user.partition_key(),
+            _ => AGGREGATE_PARTITION_KEY,
+        }
+    }
+
+    /// The length of the data sent, sealed or not.
+    fn payload_len(&self) -> usize {
+        self.unsealed.as_ref().map_or(self.payload.len(), UnsealedAggregate::sealed_len)
+    }
+
+    /// Computes the digest now, if it is still to be computed.
+    pub fn seal(&mut self) {
+        if let Some(aggregate) = self.unsealed.take() {
+            self.put_sealed(aggregate.seal());
+        }
+    }
+
+    /// Sends `aggregate`, the sealed form of `unsealed`; the user records lent it their data.
+    fn put_sealed(&mut self, aggregate: Bytes) {
+        self.source = Some(aggregate.clone());
+        self.payload = aggregate;
+    }
+
+    /// Takes the user records out, each with its data.
+    fn take_users(&mut self) -> Vec<Pending> {
+        self.seal();
+        let mut users = std::mem::take(&mut self.users);
+        if let Some(source) = &self.source {
+            for user in &mut users {
+                user.restore_data(source);
+            }
+        }
+        users
+    }
 }
 
 /// The aggregate being filled for one shard.
@@ -264,10 +313,10 @@ impl Aggregator {
         true
     }
 
-    /// Encodes the builder's aggregate; `users` lend it their data.
-    fn encode(&mut self, users: &mut [Pending]) -> Bytes {
+    /// Encodes the builder's aggregate, without its digest; `users` lend it their data.
+    fn encode(&mut self, users: &mut [Pending]) -> UnsealedAggregate {
         self.ranges.clear();
-        let aggregate = self.builder.take_with_data_ranges(&mut self.ranges);
+        let aggregate = self.builder.take_unsealed_with_data_ranges(&mut self.ranges);
         for (user, range) in users.iter_mut().zip(self.ranges.drain(..)) {
             user.lend_data(range);
         }
@@ -298,20 +347,21 @@ impl Aggregator {
                 let mut users = std::mem::replace(&mut self.users, next);
                 let aggregate = self.encode(&mut users);
                 let explicit_hash_key = users.first().map(|u| u.hash_key);
-                let aggregate_source = aggregate.clone();
-                let payload = match s.compression {
-                    Some(level) => {
-                        let packed = compress(&aggregate, level);
-                        // The plain aggregate always fits; the envelope almost always does.
-                        if packed.len() + AGGREGATE_PARTITION_KEY.len() <= s.max_record_bytes {
-                            packed
-                        } else {
-                            aggregate
-                        }
-                    }
-                    None => aggregate,
+                let Some(level) = s.compression else {
+                    // The digest is computed when the aggregate is sent, with the request's others.
+                    let (payload, source, unsealed) = (Bytes::new(), None, Some(aggregate));
+                    return Some(Built { users, source, payload, unsealed, aggregated: true, explicit_hash_key });
                 };
-                Some(Built { users, source: Some(aggregate_source), payload, aggregated: true, explicit_hash_key })
+                let aggregate = aggregate.seal();
+                let packed = compress(&aggregate, level);
+                // The plain aggregate always fits; the envelope almost always does.
+                let payload = if packed.len() + AGGREGATE_PARTITION_KEY.len() <= s.max_record_bytes {
+                    packed
+                } else {
+                    aggregate.clone()
+                };
+                let source = Some(aggregate);
+                Some(Built { users, source, payload, unsealed: None, aggregated: true, explicit_hash_key })
             }
         }
     }
@@ -322,7 +372,7 @@ impl Aggregator {
     pub fn take_users(&mut self) -> Vec<Pending> {
         let mut users = std::mem::take(&mut self.users);
         if users.len() > 1 {
-            let aggregate = self.encode(&mut users);
+            let aggregate = self.encode(&mut users).seal();
             for user in &mut users {
                 user.restore_data(&aggregate);
             }
@@ -339,7 +389,15 @@ impl Aggregator {
             let packed = compress(&self.builder.take(), level);
             if packed.len() + AGGREGATE_PARTITION_KEY.len() <= s.max_record_bytes {
                 let explicit_hash_key = Some(user.hash_key);
-                return Built { users: vec![user], source: None, payload: packed, aggregated: true, explicit_hash_key };
+                let users = vec![user];
+                return Built {
+                    users,
+                    source: None,
+                    payload: packed,
+                    unsealed: None,
+                    aggregated: true,
+                    explicit_hash_key,
+                };
             }
         }
         plain(user)
@@ -349,7 +407,8 @@ impl Aggregator {
 /// A user record sent as it is, with its own keys.
 fn plain(user: Pending) -> Built {
     let explicit_hash_key = user.explicit_hash_key().is_some().then_some(user.hash_key);
-    Built { payload: user.data().clone(), users: vec![user], source: None, aggregated: false, explicit_hash_key }
+    let payload = user.data().clone();
+    Built { payload, users: vec![user], source: None, unsealed: None, aggregated: false, explicit_hash_key }
 }
 
 /// Packs user records (all for one shard, in order) into as few Kinesis records as the limits
@@ -385,7 +444,10 @@ mod tests {
         Pending::new(record, hash_key, 0, Instant::now(), cell)
     }
 
-    fn decoded(built: &Built) -> Vec<(String, Vec<u8>)> {
+    /// The user records inside, as a consumer decodes them (computing the digest first, as
+    /// sending would).
+    fn decoded(built: &mut Built) -> Vec<(String, Vec<u8>)> {
+        built.seal();
         match decode_record(&built.payload).expect("decodes") {
             Decoded::Aggregated(records) => {
                 records.iter().map(|r| (r.partition_key().to_owned(), r.data().to_vec())).collect()
@@ -407,8 +469,8 @@ mod tests {
         out.extend(aggregator.flush(&s));
         assert!(out.len() > 1);
         let mut seen = Vec::new();
-        for built in &out {
-            assert!(built.payload.len() <= 1000);
+        for built in &mut out {
+            assert!(built.payload_len() <= 1000);
             assert!(built.aggregated);
             assert_eq!(built.explicit_hash_key, Some(built.users[0].hash_key), "outer EHK is the first record's");
             seen.extend(decoded(built).into_iter().map(|(_, data)| data[0]));
@@ -443,13 +505,13 @@ mod tests {
     #[tokio::test]
     async fn compression_wraps_even_single_records() {
         let s = settings(ProducerConfig::default().compression(crate::Compression::Zlib { level: 6 }));
-        let out = pack([user("only", b"hello hello hello hello")], &s);
+        let mut out = pack([user("only", b"hello hello hello hello")], &s);
         assert_eq!(out.len(), 1);
         assert!(out[0].aggregated);
-        assert_eq!(decoded(&out[0]), [("only".to_owned(), b"hello hello hello hello".to_vec())]);
-        let out = pack((0..50).map(|i| user("k", format!("{{\"n\":{i},\"event\":\"click\"}}").as_bytes())), &s);
+        assert_eq!(decoded(&mut out[0]), [("only".to_owned(), b"hello hello hello hello".to_vec())]);
+        let mut out = pack((0..50).map(|i| user("k", format!("{{\"n\":{i},\"event\":\"click\"}}").as_bytes())), &s);
         assert_eq!(out.len(), 1);
-        assert_eq!(decoded(&out[0]).len(), 50);
+        assert_eq!(decoded(&mut out[0]).len(), 50);
     }
     #[tokio::test]
     async fn records_taken_out_of_a_partial_aggregate_keep_their_data() {
@@ -468,9 +530,40 @@ mod tests {
         assert_eq!(data, (0..4u8).map(|i| vec![b'a' + i; 10]).collect::<Vec<_>>());
         let keys: Vec<&str> = users.iter().map(|u| u.partition_key()).collect();
         assert_eq!(keys, ["k0", "k1", "k2", "k3"], "the keys lent to the builder come back too");
-        let repacked = pack(users, &s);
-        assert_eq!(decoded(&repacked[0]).len(), 4);
-        assert!(decoded(&repacked[0]).iter().enumerate().all(|(i, (_, d))| *d == vec![b'a' + i as u8; 10]));
+        let mut repacked = pack(users, &s);
+        assert_eq!(decoded(&mut repacked[0]).len(), 4);
+        assert!(decoded(&mut repacked[0]).iter().enumerate().all(|(i, (_, d))| *d == vec![b'a' + i as u8; 10]));
+    }
+
+    #[tokio::test]
+    async fn a_requests_aggregates_are_sealed_together_as_each_alone() {
+        // Aggregates leave the aggregator without their digest; a request seals them together.
+        // Plain records (and compressed envelopes) are complete already and stay as they are.
+        let s = settings(ProducerConfig::default().aggregation_max_size(300));
+        let inputs: Vec<(String, Vec<u8>)> =
+            (0..40u8).map(|i| (format!("key-{}", i % 5), vec![i; usize::from(i % 7) * 9 + 1])).collect();
+        let mut built = pack(inputs.iter().map(|(k, d)| user(k, d)), &s);
+        built.push(pack([user("alone", b"plain")], &s).remove(0));
+        assert!(built.len() > 5, "several aggregates and a plain record");
+        assert!(built.iter().filter(|b| b.aggregated).all(|b| b.unsealed.is_some() && b.payload.is_empty()));
+        let mut one_by_one: Vec<Bytes> = Vec::new();
+        for b in &mut pack(inputs.iter().map(|(k, d)| user(k, d)), &s) {
+            b.seal();
+            one_by_one.push(b.payload.clone());
+        }
+        let sizes: Vec<usize> = built.iter().map(Built::payload_len).collect();
+        let mut records: Vec<KinesisRecord> =
+            built.into_iter().enumerate().map(|(seq, b)| KinesisRecord::new(b, seq as u64, 0, 1, &s)).collect();
+        KinesisRecord::seal_all(&mut records);
+        let payloads: Vec<Bytes> = records.iter_mut().map(|r| r.entry().data).collect();
+        assert_eq!(payloads.iter().map(Bytes::len).collect::<Vec<_>>(), sizes, "sizes were exact before sealing");
+        assert_eq!(payloads[..payloads.len() - 1], one_by_one[..]);
+        assert_eq!(&payloads[payloads.len() - 1][..], b"plain");
+        let mut users = Vec::new();
+        for record in &mut records {
+            users.extend(record.take_users().iter().map(|u| (u.partition_key().to_owned(), u.data().to_vec())));
+        }
+        assert_eq!(users[..inputs.len()], inputs[..], "the records lent their data to the sealed aggregates");
     }
 
     #[tokio::test]

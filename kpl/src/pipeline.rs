@@ -398,6 +398,9 @@ impl Pipeline {
         self.next_request += 1;
         let mut entries = Vec::with_capacity(batch.records.len());
         let (mut user_records, mut bytes) = (0, 0);
+        // The request's aggregates get their digests together: several times faster than one by
+        // one, and the largest single cost of producing.
+        KinesisRecord::seal_all(&mut batch.records);
         for record in &mut batch.records {
             // BufferingTime, as the KPL: arrival to first send, and between attempts.
             if let Some(Some(slot)) = self.slots.get(record.slot) {
@@ -513,7 +516,7 @@ impl Pipeline {
             return self.deliver(record, &placement);
         }
         self.want_refresh(now);
-        if !record.aggregated {
+        if !record.aggregated() {
             return self.deliver(record, &placement);
         }
         match self.map.get(&placement.shard_id) {
@@ -573,18 +576,18 @@ impl Pipeline {
         for run in list.chunk_by_mut(|a, b| a.epoch == b.epoch) {
             let Some(epoch) = run.first().map(|user| user.epoch) else { continue };
             for user in run.iter_mut() {
-                let sub_sequence_number = if record.aggregated { position } else { 0 };
+                let sub_sequence_number = if record.aggregated() { position } else { 0 };
                 position += 1;
                 self.release += user.charge as usize;
                 let metadata =
-                    RecordMetadata::new(shared.clone(), sub_sequence_number, record.aggregated, record.attempts);
+                    RecordMetadata::new(shared.clone(), sub_sequence_number, record.aggregated(), record.attempts);
                 user.deliver_in_place(metadata);
             }
             self.finish_in_epoch(epoch, run.len());
         }
         self.outstanding = self.outstanding.saturating_sub(list.len());
         list.clear();
-        if record.aggregated {
+        if record.aggregated() {
             self.recycle(record.slot, list);
         }
     }

@@ -1,6 +1,7 @@
 //! The encoder: [`AggregateBuilder`] writes the protobuf bytes of each record as it is added,
 //! with exact incremental size accounting, and computes the MD5 once when the aggregate is
-//! finished.
+//! finished — or leaves it to [`UnsealedAggregate::seal_all`], which computes the digests of
+//! many aggregates side by side.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
@@ -9,6 +10,7 @@ use std::ops::Range;
 use bytes::Bytes;
 use md5::{Digest, Md5};
 
+use super::digest::md5_each;
 use super::{DIGEST_LEN, MAGIC, Tag, field_len, varint_len};
 
 // Tag bytes: (field number << 3) | wire type.
@@ -223,6 +225,14 @@ impl AggregateBuilder {
         encoded
     }
 
+    /// Like [`take_with_data_ranges`](Self::take_with_data_ranges), but leaves the digest to be
+    /// computed later, together with other aggregates': see [`UnsealedAggregate`].
+    pub fn take_unsealed_with_data_ranges(&mut self, ranges: &mut Vec<Range<usize>>) -> UnsealedAggregate {
+        let encoded = self.encode_unsealed(Some(ranges));
+        self.clear();
+        encoded
+    }
+
     /// Drops every record and key, keeping allocations for reuse.
     pub fn clear(&mut self) {
         self.partition_keys.clear();
@@ -309,6 +319,11 @@ impl AggregateBuilder {
     }
 
     fn encode(&self, ranges: Option<&mut Vec<Range<usize>>>) -> Bytes {
+        self.encode_unsealed(ranges).seal()
+    }
+
+    /// Magic, key tables and records in one buffer with room left for the digest.
+    fn encode_unsealed(&self, ranges: Option<&mut Vec<Range<usize>>>) -> UnsealedAggregate {
         let total = self.encoded_len();
         let header_len = self.header_len();
         let mut out = Vec::with_capacity(total);
@@ -316,13 +331,87 @@ impl AggregateBuilder {
         out.extend_from_slice(&self.partition_keys.encoded);
         out.extend_from_slice(&self.explicit_hash_keys.encoded);
         out.extend_from_slice(&self.records);
-        let digest = Md5::digest(out.get(MAGIC.len()..).unwrap_or_default());
-        out.extend_from_slice(&digest);
-        debug_assert_eq!(out.len(), total, "size accounting must match the encoding");
+        debug_assert_eq!(out.len() + DIGEST_LEN, total, "size accounting must match the encoding");
         if let Some(ranges) = ranges {
             ranges.extend(self.data_spans.iter().map(|span| span.start + header_len..span.end + header_len));
         }
-        Bytes::from(out)
+        UnsealedAggregate { bytes: out }
+    }
+}
+
+/// An encoded aggregate still without its MD5 digest, from
+/// [`AggregateBuilder::take_unsealed_with_data_ranges`].
+///
+/// The digest is the largest single cost of building an aggregate, and MD5 runs several
+/// messages side by side far faster than one after another (one message is a chain of
+/// dependent steps that leaves most of the CPU idle). A producer that sends many aggregates at
+/// once — a `PutRecords` request carries up to 500 — builds them unsealed and seals them
+/// together with [`seal_all`](Self::seal_all) just before sending: eight 51 KB aggregates are
+/// sealed 3.6–3.9 times as fast as with [`seal`](Self::seal) one by one.
+///
+/// ```
+/// use kinesis_core::aggregation::{AggregateBuilder, UnsealedAggregate};
+///
+/// let builder = |shard: u32| {
+///     let mut builder = AggregateBuilder::new();
+///     builder.add("key", None, format!("for shard {shard}"), &[]);
+///     builder.add("key", None, "and more", &[]);
+///     builder
+/// };
+/// let expected: Vec<_> = (0..3).map(|shard| builder(shard).finish()).collect();
+/// let unsealed: Vec<UnsealedAggregate> =
+///     (0..3).map(|shard| builder(shard).take_unsealed_with_data_ranges(&mut Vec::new())).collect();
+/// assert_eq!(unsealed[0].sealed_len(), expected[0].len());
+/// assert_eq!(UnsealedAggregate::seal_all(unsealed), expected);
+/// ```
+#[derive(Debug)]
+pub struct UnsealedAggregate {
+    /// Magic and protobuf body, with capacity for the digest.
+    bytes: Vec<u8>,
+}
+
+impl Clone for UnsealedAggregate {
+    /// A copy with room for the digest, like the original.
+    fn clone(&self) -> Self {
+        let mut bytes = Vec::with_capacity(self.sealed_len());
+        bytes.extend_from_slice(&self.bytes);
+        UnsealedAggregate { bytes }
+    }
+}
+
+impl UnsealedAggregate {
+    /// The aggregate's length once sealed, digest included: what a `PutRecords` entry carrying
+    /// it will count.
+    pub fn sealed_len(&self) -> usize {
+        self.bytes.len() + DIGEST_LEN
+    }
+
+    /// Appends the digest: the aggregate as [`AggregateBuilder::finish`] would have made it.
+    pub fn seal(self) -> Bytes {
+        let mut bytes = self.bytes;
+        let digest = Md5::digest(bytes.get(MAGIC.len()..).unwrap_or_default());
+        bytes.extend_from_slice(&digest);
+        Bytes::from(bytes)
+    }
+
+    /// Seals every aggregate, computing their digests side by side; the results are in order
+    /// and equal to sealing each with [`seal`](Self::seal).
+    pub fn seal_all(aggregates: Vec<UnsealedAggregate>) -> Vec<Bytes> {
+        if let [_] = aggregates.as_slice() {
+            return aggregates.into_iter().map(UnsealedAggregate::seal).collect();
+        }
+        let bodies: Vec<&[u8]> =
+            aggregates.iter().map(|aggregate| aggregate.bytes.get(MAGIC.len()..).unwrap_or_default()).collect();
+        let digests = md5_each(&bodies);
+        aggregates
+            .into_iter()
+            .zip(digests)
+            .map(|(aggregate, digest)| {
+                let mut bytes = aggregate.bytes;
+                bytes.extend_from_slice(&digest);
+                Bytes::from(bytes)
+            })
+            .collect()
     }
 }
 

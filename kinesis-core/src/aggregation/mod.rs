@@ -34,6 +34,7 @@
 
 pub mod compression;
 mod decode;
+mod digest;
 mod encode;
 pub mod proto;
 
@@ -46,7 +47,7 @@ use crate::limits::ValidationError;
 
 pub use compression::decode_record;
 pub use decode::{Decoded, SubRecord, decode, is_aggregated};
-pub use encode::AggregateBuilder;
+pub use encode::{AggregateBuilder, UnsealedAggregate};
 
 /// The four bytes every aggregated record starts with.
 pub const MAGIC: [u8; 4] = [0xF3, 0x89, 0x9A, 0xC2];
