@@ -1,5 +1,5 @@
 //! Sealing aggregates (their MD5 digest): one after another with `UnsealedAggregate::seal`, and
-//! several at once with `UnsealedAggregate::seal_all`, which hashes up to four side by side.
+//! several at once with `UnsealedAggregate::seal_all`, which hashes up to eight side by side.
 //! Aggregates of about 51 KB, as the producer fills them with 100-byte records.
 //!
 //! Run: `cargo bench -p kinesis-core --bench digest`. Prints one JSON line: bytes sealed per

@@ -113,7 +113,7 @@ impl KinesisRecord {
             .filter_map(|record| record.content.unsealed.take().map(|aggregate| (&mut record.content, aggregate)))
             .unzip();
         for (content, aggregate) in contents.into_iter().zip(UnsealedAggregate::seal_all(aggregates)) {
-            content.put_sealed(aggregate);
+            content.store_sealed(aggregate);
         }
     }
 
@@ -151,17 +151,17 @@ impl Drop for KinesisRecord {
 /// several times faster than one by one (see [`UnsealedAggregate`]).
 pub(crate) struct Built {
     /// The user records, in sub-sequence order.
-    pub users: Vec<Pending>,
+    users: Vec<Pending>,
     /// The uncompressed aggregate `users` lent their data to, once sealed.
-    pub source: Option<Bytes>,
+    source: Option<Bytes>,
     /// The data sent to Kinesis (empty while `unsealed`).
-    pub payload: Bytes,
+    payload: Bytes,
     /// The aggregate before its digest is computed; `payload` and `source` once it is.
-    pub unsealed: Option<UnsealedAggregate>,
+    unsealed: Option<UnsealedAggregate>,
     /// Whether `payload` is an aggregate (partition key `"a"`).
-    pub aggregated: bool,
+    aggregated: bool,
     /// The outer explicit hash key.
-    pub explicit_hash_key: Option<HashKey>,
+    explicit_hash_key: Option<HashKey>,
 }
 
 impl Built {
@@ -179,14 +179,15 @@ impl Built {
     }
 
     /// Computes the digest now, if it is still to be computed.
-    pub fn seal(&mut self) {
+    fn seal(&mut self) {
         if let Some(aggregate) = self.unsealed.take() {
-            self.put_sealed(aggregate.seal());
+            self.store_sealed(aggregate.seal());
         }
     }
 
-    /// Sends `aggregate`, the sealed form of `unsealed`; the user records lent it their data.
-    fn put_sealed(&mut self, aggregate: Bytes) {
+    /// Stores `aggregate`, the sealed form of `unsealed`, as what is sent and what the user
+    /// records lent their data to.
+    fn store_sealed(&mut self, aggregate: Bytes) {
         self.source = Some(aggregate.clone());
         self.payload = aggregate;
     }
@@ -196,9 +197,7 @@ impl Built {
         self.seal();
         let mut users = std::mem::take(&mut self.users);
         if let Some(source) = &self.source {
-            for user in &mut users {
-                user.restore_data(source);
-            }
+            restore_data(&mut users, source);
         }
         users
     }
@@ -373,9 +372,7 @@ impl Aggregator {
         let mut users = std::mem::take(&mut self.users);
         if users.len() > 1 {
             let aggregate = self.encode(&mut users).seal();
-            for user in &mut users {
-                user.restore_data(&aggregate);
-            }
+            restore_data(&mut users, &aggregate);
         }
         self.builder.clear();
         users
@@ -401,6 +398,13 @@ impl Aggregator {
             }
         }
         plain(user)
+    }
+}
+
+/// Gives user records the data and keys they lent to `aggregate` back, as slices of it.
+fn restore_data(users: &mut [Pending], aggregate: &Bytes) {
+    for user in users {
+        user.restore_data(aggregate);
     }
 }
 

@@ -173,7 +173,8 @@ impl<'a> Message<'a> {
         let (blocks, rest) = bytes.as_chunks::<64>();
         // The length field takes the last 8 bytes of a block; after the marker they must fit.
         let tail_blocks = if rest.len() < 56 { 1 } else { 2 };
-        let mut padded = [0u8; 128];
+        let mut tail = [[0u8; 64]; 2];
+        let padded = tail.as_flattened_mut();
         if let Some(start) = padded.get_mut(..rest.len()) {
             start.copy_from_slice(rest);
         }
@@ -184,9 +185,6 @@ impl<'a> Message<'a> {
         if let Some(field) = padded.get_mut(length_at..length_at + 8) {
             field.copy_from_slice(&(bytes.len() as u64).wrapping_mul(8).to_le_bytes());
         }
-        let (halves, _) = padded.as_chunks::<64>();
-        let mut tail = [[0u8; 64]; 2];
-        tail.copy_from_slice(halves);
         Message { blocks, tail, tail_blocks, state: INITIAL_STATE, done: 0 }
     }
 
@@ -238,8 +236,8 @@ fn run_lanes<L: Lanes>(messages: &mut [Message<'_>], lanes: &[usize], count: usi
 
 /// The MD5 digest of each message, in order.
 ///
-/// Messages are taken up in order into eight lanes; whenever one ends, the next message takes
-/// its lane, so lanes stay full however the lengths differ. Eight lanes run as two 128-bit
+/// Messages are taken up in order into eight lanes; whenever one ends, the next message takes a
+/// freed lane, so lanes stay full however the lengths differ. Eight lanes run as two 128-bit
 /// vectors, four as one; a lone message runs alone.
 pub(crate) fn md5_each(messages: &[&[u8]]) -> Vec<[u8; 16]> {
     let mut hashing: Vec<Message<'_>> = messages.iter().map(|bytes| Message::new(bytes)).collect();
@@ -285,7 +283,7 @@ mod tests {
 
     #[test]
     fn any_number_of_messages_of_mixed_lengths() {
-        // Every lane count (1–4 and refills), lengths differing so lanes finish at different
+        // Every lane count (1–8 and refills), lengths differing so lanes finish at different
         // blocks, and none at all.
         for count in 0..=9 {
             let owned: Vec<Vec<u8>> = (0..count).map(|i| message(37 + i * 300 + (i % 3) * 7000, i)).collect();

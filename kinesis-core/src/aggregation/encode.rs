@@ -388,10 +388,8 @@ impl UnsealedAggregate {
 
     /// Appends the digest: the aggregate as [`AggregateBuilder::finish`] would have made it.
     pub fn seal(self) -> Bytes {
-        let mut bytes = self.bytes;
-        let digest = Md5::digest(bytes.get(MAGIC.len()..).unwrap_or_default());
-        bytes.extend_from_slice(&digest);
-        Bytes::from(bytes)
+        let digest = Md5::digest(self.body());
+        self.with_digest(&digest)
     }
 
     /// Seals every aggregate, computing their digests side by side; the results are in order
@@ -400,18 +398,20 @@ impl UnsealedAggregate {
         if let [_] = aggregates.as_slice() {
             return aggregates.into_iter().map(UnsealedAggregate::seal).collect();
         }
-        let bodies: Vec<&[u8]> =
-            aggregates.iter().map(|aggregate| aggregate.bytes.get(MAGIC.len()..).unwrap_or_default()).collect();
+        let bodies: Vec<&[u8]> = aggregates.iter().map(UnsealedAggregate::body).collect();
         let digests = md5_each(&bodies);
-        aggregates
-            .into_iter()
-            .zip(digests)
-            .map(|(aggregate, digest)| {
-                let mut bytes = aggregate.bytes;
-                bytes.extend_from_slice(&digest);
-                Bytes::from(bytes)
-            })
-            .collect()
+        aggregates.into_iter().zip(digests).map(|(aggregate, digest)| aggregate.with_digest(&digest)).collect()
+    }
+
+    /// The protobuf body: what the digest covers.
+    fn body(&self) -> &[u8] {
+        self.bytes.get(MAGIC.len()..).unwrap_or_default()
+    }
+
+    fn with_digest(self, digest: &[u8]) -> Bytes {
+        let mut bytes = self.bytes;
+        bytes.extend_from_slice(digest);
+        Bytes::from(bytes)
     }
 }
 
