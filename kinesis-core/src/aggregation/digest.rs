@@ -15,6 +15,7 @@
 
 use std::num::Wrapping;
 
+use md5::{Digest, Md5};
 use wide::{u32x4, u32x8};
 
 /// The chaining values an MD5 starts from.
@@ -238,8 +239,12 @@ fn run_lanes<L: Lanes>(messages: &mut [Message<'_>], lanes: &[usize], count: usi
 ///
 /// Messages are taken up in order into eight lanes; whenever one ends, the next message takes a
 /// freed lane, so lanes stay full however the lengths differ. Eight lanes run as two 128-bit
-/// vectors, four as one; a lone message runs alone.
+/// vectors, four as one; a lone message runs alone, through the `md-5` crate when it is the only
+/// one (its single-message code is a little faster than a one-lane run here).
 pub(crate) fn md5_each(messages: &[&[u8]]) -> Vec<[u8; 16]> {
+    if let [only] = messages {
+        return vec![Md5::digest(only).into()];
+    }
     let mut hashing: Vec<Message<'_>> = messages.iter().map(|bytes| Message::new(bytes)).collect();
     let mut waiting = 0..hashing.len();
     let mut lanes: Vec<usize> = Vec::with_capacity(MAX_LANES);
@@ -260,8 +265,6 @@ pub(crate) fn md5_each(messages: &[&[u8]]) -> Vec<[u8; 16]> {
 
 #[cfg(test)]
 mod tests {
-    use md5::{Digest, Md5};
-
     use super::*;
 
     fn message(len: usize, seed: usize) -> Vec<u8> {
@@ -297,7 +300,7 @@ mod tests {
     #[test]
     fn known_answers_from_rfc_1321() {
         let digests = md5_each(&[b"", b"abc", b"message digest"]);
-        let hex: Vec<String> = digests.iter().map(|d| d.iter().map(|b| format!("{b:02x}")).collect()).collect();
+        let hex: Vec<String> = digests.iter().map(hex::encode).collect();
         assert_eq!(
             hex,
             [

@@ -395,9 +395,6 @@ impl UnsealedAggregate {
     /// Seals every aggregate, computing their digests side by side; the results are in order
     /// and equal to sealing each with [`seal`](Self::seal).
     pub fn seal_all(aggregates: Vec<UnsealedAggregate>) -> Vec<Bytes> {
-        if let [_] = aggregates.as_slice() {
-            return aggregates.into_iter().map(UnsealedAggregate::seal).collect();
-        }
         let bodies: Vec<&[u8]> = aggregates.iter().map(UnsealedAggregate::body).collect();
         let digests = md5_each(&bodies);
         aggregates.into_iter().zip(digests).map(|(aggregate, digest)| aggregate.with_digest(&digest)).collect()
