@@ -71,6 +71,7 @@ impl CoordinatorStore for DynamoDbCoordinatorStore {
             record_version: new_record_version(),
             lease_duration,
             is_released: false,
+            holder_fences_leases: true,
         };
         let item = lock_to_item(&lock);
         with_retry(|attempt| {

@@ -7,6 +7,7 @@ use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use kcl::StoreError;
 
+use crate::OPERATION_TIMEOUT;
 use crate::item::Item;
 
 /// Maps an SDK error that is not a lost condition onto [`StoreError`].
@@ -39,8 +40,9 @@ where
     }
 }
 
-/// Runs `call` until it succeeds, fails with a non-retryable error, or the retry budget (about
-/// 6 attempts over 3 s, jittered exponential) is spent.
+/// Runs `call` until it succeeds, fails with a non-retryable error, or the retry budget (at most
+/// 6 attempts, jittered exponential from 25 ms, no retry begun after [`OPERATION_TIMEOUT`]) is
+/// spent.
 pub(crate) async fn with_retry<T, F, Fut>(mut call: F) -> Result<T, StoreError>
 where
     F: FnMut(u32) -> Fut,
@@ -48,20 +50,21 @@ where
 {
     let mut delays = ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(25))
-        .with_max_delay(Duration::from_secs(1))
+        .with_max_delay(Duration::from_millis(500))
         .with_max_times(6)
         .with_jitter()
         .build();
+    let started = tokio::time::Instant::now();
     let mut attempt = 0;
     loop {
         match call(attempt).await {
             Err(e) if e.is_retryable() => match delays.next() {
-                Some(delay) => {
+                Some(delay) if started.elapsed() + delay < OPERATION_TIMEOUT => {
                     tracing::debug!(error = %e, ?delay, "retrying DynamoDB call");
                     tokio::time::sleep(delay).await;
                     attempt += 1;
                 }
-                None => return Err(e),
+                _ => return Err(e),
             },
             other => return other,
         }

@@ -12,6 +12,7 @@ use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::AttributeValue;
 use bytes::Bytes;
 use kcl::Lease;
+use kcl::lease::WriteToken;
 use kcl::store::{LockItem, StoreError, WorkerMetrics};
 use kinesis_core::{ExtendedSequenceNumber, HashKeyRange};
 
@@ -52,6 +53,8 @@ pub mod lease_attr {
     pub const CHECKPOINT_OWNER: &str = "checkpointOwner";
     /// KCL 3.5 single-table entity type.
     pub const ENTITY_TYPE: &str = "entityType";
+    /// The token of the last write `kcl` made (not a Java KCL attribute; the Java KCL ignores it).
+    pub const LAST_WRITE_TOKEN: &str = "lastWriteToken";
 }
 
 /// Coordinator-state (lock) attribute names (DynamoDB lock client).
@@ -66,6 +69,9 @@ pub mod lock_attr {
     pub const LEASE_DURATION: &str = "leaseDuration";
     /// Set when the holder released the lock without deleting it.
     pub const IS_RELEASED: &str = "isReleased";
+    /// Set by `kcl` leaders: the holder stops its shards when it cannot heartbeat the lock (not a
+    /// lock-client attribute; the Java KCL ignores it).
+    pub const HOLDER_FENCES_LEASES: &str = "holderFencesLeases";
 }
 
 /// Worker-metrics attribute names (Java KCL `WorkerMetricStats`).
@@ -151,6 +157,9 @@ pub fn lease_to_item(lease: &Lease) -> Item {
     if let Some(owner) = &lease.checkpoint_owner {
         item.insert(CHECKPOINT_OWNER.into(), s(owner));
     }
+    if let Some(token) = &lease.last_write {
+        item.insert(LAST_WRITE_TOKEN.into(), s(token.as_str()));
+    }
     item
 }
 
@@ -200,6 +209,7 @@ pub fn item_to_lease(item: &Item, table: &str) -> Result<Option<Lease>, StoreErr
         hash_key_range,
         throughput_kbps: get_n(item, THROUGHPUT, table)?,
         checkpoint_owner: get_s(item, CHECKPOINT_OWNER).map(str::to_owned),
+        last_write: get_s(item, LAST_WRITE_TOKEN).map(WriteToken::from_stored),
     }))
 }
 
@@ -213,6 +223,9 @@ pub fn lock_to_item(lock: &LockItem) -> Item {
     item.insert(LEASE_DURATION.into(), s(lock.lease_duration.as_millis().to_string()));
     if lock.is_released {
         item.insert(IS_RELEASED.into(), AttributeValue::Bool(true));
+    }
+    if lock.holder_fences_leases {
+        item.insert(HOLDER_FENCES_LEASES.into(), AttributeValue::Bool(true));
     }
     item
 }
@@ -238,6 +251,7 @@ pub fn item_to_lock(item: &Item, table: &str) -> Result<LockItem, StoreError> {
         record_version: get_s(item, RECORD_VERSION).unwrap_or_default().to_owned(),
         lease_duration: Duration::from_millis(duration_ms),
         is_released,
+        holder_fences_leases: matches!(item.get(HOLDER_FENCES_LEASES), Some(AttributeValue::Bool(true))),
     })
 }
 

@@ -10,10 +10,12 @@ use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
+use kcl::lease::WriteToken;
 use kcl::store::LeaseStore;
 use kcl::{Lease, StoreError};
 
 use crate::error::{all_pages, map_sdk_error, with_retry};
+use crate::item::lease_attr::LAST_WRITE_TOKEN;
 use crate::item::{item_to_lease, lease_attr::*, lease_to_item, n, s};
 use crate::stats::{Op, StoreStats, StoreTable};
 use crate::tables::LEASE_OWNER_INDEX;
@@ -23,7 +25,11 @@ use crate::tables::LEASE_OWNER_INDEX;
 /// Reads of single leases are strongly consistent; the owner query uses the
 /// `LeaseOwnerToLeaseKeyIndex` GSI (eventually consistent, as in the KCL). A write whose
 /// condition fails returns [`StoreError::LeaseLost`] with the item DynamoDB returned with the
-/// failure (`ReturnValuesOnConditionCheckFailure = ALL_OLD`), so no extra read is needed.
+/// failure (`ReturnValuesOnConditionCheckFailure = ALL_OLD`), or read back at once when the
+/// backend returned none. Every write stores its caller's token as `lastWriteToken`; a retried
+/// attempt takes a condition failure for its own earlier attempt only when the item still shows
+/// that token (and the counter it set). The scan skips items that cannot be read as leases
+/// (logged, counted in [`StoreStats::malformed_items`]) rather than failing for all of them.
 #[derive(Clone, Debug)]
 pub struct DynamoDbLeaseStore {
     client: Client,
@@ -102,6 +108,10 @@ impl Update {
         self.conditions.push(format!("attribute_exists({name})"));
     }
 
+    fn token(&mut self, token: &WriteToken) {
+        self.set(LAST_WRITE_TOKEN, s(token.as_str()));
+    }
+
     fn raw_condition(&mut self, condition: String) {
         self.conditions.push(condition);
     }
@@ -162,8 +172,10 @@ impl DynamoDbLeaseStore {
     }
 
     /// Runs a conditional `UpdateItem` on `key`; a lost condition becomes `LeaseLost` with the
-    /// current item. `accept_on_retry` recognises, after a retried attempt, that the first
-    /// attempt already took effect (its write is what makes the condition fail now).
+    /// current item. `accept_on_retry` recognises, after a retried attempt, that an earlier
+    /// attempt already took effect (its write is what makes the condition fail now); it must
+    /// prove it by the write's token ([`Lease::shows_write`]), never by the counter alone, which
+    /// another writer's write moves the same way.
     async fn conditional_update(
         &self,
         key: &str,
@@ -195,7 +207,7 @@ impl DynamoDbLeaseStore {
                             details: "updated item is not a lease".into(),
                         })
                     }
-                    Err(err) => match self.lost_from_update(err).await {
+                    Err(err) => match self.lost_from_update(key, err).await {
                         StoreError::LeaseLost { current: Some(current) }
                             if attempt > 0 && accept_on_retry(&current) =>
                         {
@@ -209,10 +221,11 @@ impl DynamoDbLeaseStore {
         .await
     }
 
-    /// Turns a failed `UpdateItem` into `LeaseLost` (with the returned item, or a read when
-    /// the backend did not return it) or another store error.
+    /// Turns a failed `UpdateItem` into `LeaseLost` (with the returned item, or a consistent
+    /// read of it when the backend did not return it) or another store error.
     async fn lost_from_update(
         &self,
+        key: &str,
         err: SdkError<UpdateItemError, aws_sdk_dynamodb::config::http::HttpResponse>,
     ) -> StoreError {
         if let SdkError::ServiceError(service) = &err
@@ -220,10 +233,25 @@ impl DynamoDbLeaseStore {
         {
             return match ccf.item() {
                 Some(item) => StoreError::lease_lost(item_to_lease(item, &self.table).ok().flatten()),
-                None => StoreError::LeaseLost { current: None },
+                // Some backends omit the item: read it, so the caller can still judge the conflict.
+                None => match self.read_lease(key).await {
+                    Ok(current) => StoreError::lease_lost(current),
+                    Err(e) => e,
+                },
             };
         }
         map_sdk_error(err)
+    }
+
+    /// One consistent `GetItem` of a lease.
+    async fn read_lease(&self, key: &str) -> Result<Option<Lease>, StoreError> {
+        let call = self.client.get_item().table_name(&*self.table).key(LEASE_KEY, s(key)).consistent_read(true);
+        self.stats.record(StoreTable::Leases, Op::Read);
+        let out = call.send().await.map_err(map_sdk_error)?;
+        match out.item {
+            Some(item) => item_to_lease(&item, &self.table),
+            None => Ok(None),
+        }
     }
 }
 
@@ -256,23 +284,11 @@ impl LeaseStore for DynamoDbLeaseStore {
     }
 
     async fn get_lease(&self, lease_key: &str) -> Result<Option<Lease>, StoreError> {
-        with_retry(|_| {
-            let call =
-                self.client.get_item().table_name(&*self.table).key(LEASE_KEY, s(lease_key)).consistent_read(true);
-            async move {
-                self.stats.record(StoreTable::Leases, Op::Read);
-                let out = call.send().await.map_err(map_sdk_error)?;
-                match out.item {
-                    Some(item) => item_to_lease(&item, &self.table),
-                    None => Ok(None),
-                }
-            }
-        })
-        .await
+        with_retry(|_| self.read_lease(lease_key)).await
     }
 
     async fn list_leases(&self) -> Result<Vec<Lease>, StoreError> {
-        let pages = all_pages(|start| async move {
+        all_pages(|start| async move {
             let page = with_retry(|_| {
                 let call = self
                     .client
@@ -286,12 +302,21 @@ impl LeaseStore for DynamoDbLeaseStore {
                 }
             })
             .await?;
-            let leases =
-                page.items().iter().map(|item| item_to_lease(item, &self.table)).collect::<Result<Vec<_>, _>>()?;
+            let mut leases = Vec::with_capacity(page.items().len());
+            for item in page.items() {
+                match item_to_lease(item, &self.table) {
+                    Ok(Some(lease)) => leases.push(lease),
+                    Ok(None) => {}
+                    Err(e) => {
+                        self.stats.record_malformed();
+                        let key = item.get(LEASE_KEY).and_then(|k| k.as_s().ok()).map(String::as_str);
+                        tracing::warn!(lease = ?key, error = %e, "skipping a lease item that cannot be read");
+                    }
+                }
+            }
             Ok((leases, page.last_evaluated_key))
         })
-        .await?;
-        Ok(pages.into_iter().flatten().collect())
+        .await
     }
 
     async fn list_lease_keys_owned_by(&self, owner: &str) -> Result<Vec<String>, StoreError> {
@@ -322,9 +347,15 @@ impl LeaseStore for DynamoDbLeaseStore {
         .await
     }
 
-    async fn renew_lease(&self, expected: &Lease, throughput_kbps: Option<f64>) -> Result<Lease, StoreError> {
+    async fn renew_lease(
+        &self,
+        expected: &Lease,
+        throughput_kbps: Option<f64>,
+        token: &WriteToken,
+    ) -> Result<Lease, StoreError> {
         let mut update = Update::default();
         update.set(LEASE_COUNTER, n(expected.lease_counter + 1));
+        update.token(token);
         if let Some(tp) = throughput_kbps {
             update.set(THROUGHPUT, n(tp));
         }
@@ -339,29 +370,28 @@ impl LeaseStore for DynamoDbLeaseStore {
             None => update.expect_absent(CHECKPOINT_OWNER),
         }
         let counter = expected.lease_counter;
-        self.conditional_update(&expected.lease_key, update, |current| current.lease_counter == counter + 1).await
+        self.conditional_update(&expected.lease_key, update, |current| current.shows_write(token, counter + 1)).await
     }
 
-    async fn take_lease(&self, expected: &Lease, new_owner: &str) -> Result<Lease, StoreError> {
+    async fn take_lease(&self, expected: &Lease, new_owner: &str, token: &WriteToken) -> Result<Lease, StoreError> {
         let mut update = Update::default();
         update.set(LEASE_OWNER, s(new_owner));
         update.set(LEASE_COUNTER, n(expected.lease_counter + 1));
+        update.token(token);
         update.remove(CHECKPOINT_OWNER);
         if expected.lease_owner.as_deref() != Some(new_owner) {
             update.add(OWNER_SWITCHES, 1);
         }
         update.expect_eq(LEASE_COUNTER, n(expected.lease_counter));
         let counter = expected.lease_counter;
-        self.conditional_update(&expected.lease_key, update, |c| {
-            c.lease_counter == counter + 1 && c.is_owned_by(new_owner)
-        })
-        .await
+        self.conditional_update(&expected.lease_key, update, |c| c.shows_write(token, counter + 1)).await
     }
 
-    async fn assign_lease(&self, expected: &Lease, new_owner: &str) -> Result<Lease, StoreError> {
+    async fn assign_lease(&self, expected: &Lease, new_owner: &str, token: &WriteToken) -> Result<Lease, StoreError> {
         let mut update = Update::default();
         update.set(LEASE_OWNER, s(new_owner));
         update.add(LEASE_COUNTER, 1);
+        update.token(token);
         update.remove(CHECKPOINT_OWNER);
         if expected.lease_owner.as_deref() != Some(new_owner) {
             update.add(OWNER_SWITCHES, 1);
@@ -369,53 +399,60 @@ impl LeaseStore for DynamoDbLeaseStore {
         update.expect_exists(LEASE_KEY);
         update.expect_opt(LEASE_OWNER, expected.lease_owner.as_deref());
         update.expect_opt(CHECKPOINT_OWNER, expected.checkpoint_owner.as_deref());
+        // The counter is added to, not set: the token proves the write; the owner that it is still
+        // in effect.
         self.conditional_update(&expected.lease_key, update, |c| {
-            c.is_owned_by(new_owner) && c.checkpoint_owner.is_none()
+            c.last_write.as_ref() == Some(token) && c.is_owned_by(new_owner)
         })
         .await
     }
 
-    async fn initiate_handoff(&self, expected: &Lease, next_owner: &str) -> Result<Lease, StoreError> {
+    async fn initiate_handoff(
+        &self,
+        expected: &Lease,
+        next_owner: &str,
+        token: &WriteToken,
+    ) -> Result<Lease, StoreError> {
         let Some(current_owner) = expected.lease_owner.as_deref() else {
             return Err(StoreError::lease_lost(None));
         };
         let mut update = Update::default();
         update.set(LEASE_OWNER, s(next_owner));
         update.set(CHECKPOINT_OWNER, s(current_owner));
+        update.token(token);
         update.expect_exists(LEASE_KEY);
         update.expect_eq(LEASE_OWNER, s(current_owner));
         update.expect_absent(CHECKPOINT_OWNER);
-        self.conditional_update(&expected.lease_key, update, |c| {
-            c.is_owned_by(next_owner) && c.checkpoint_owner.as_deref() == Some(current_owner)
-        })
-        .await
+        let counter = expected.lease_counter;
+        self.conditional_update(&expected.lease_key, update, |c| c.shows_write(token, counter)).await
     }
 
-    async fn evict_lease(&self, expected: &Lease) -> Result<Lease, StoreError> {
+    async fn evict_lease(&self, expected: &Lease, token: &WriteToken) -> Result<Lease, StoreError> {
         let mut update = Update::default();
         update.remove(LEASE_OWNER);
         update.remove(CHECKPOINT_OWNER);
         update.add(LEASE_COUNTER, 1);
+        update.token(token);
         update.expect_exists(LEASE_KEY);
         update.expect_opt(LEASE_OWNER, expected.lease_owner.as_deref());
         update.expect_opt(CHECKPOINT_OWNER, expected.checkpoint_owner.as_deref());
-        self.conditional_update(&expected.lease_key, update, |c| c.lease_owner.is_none()).await
+        self.conditional_update(&expected.lease_key, update, |c| {
+            c.last_write.as_ref() == Some(token) && c.lease_owner.is_none()
+        })
+        .await
     }
 
-    async fn update_lease(&self, updated: &Lease) -> Result<Lease, StoreError> {
+    async fn update_lease(&self, updated: &Lease, token: &WriteToken) -> Result<Lease, StoreError> {
         let mut update = Update::default();
         update.set(LEASE_COUNTER, n(updated.lease_counter + 1));
+        update.token(token);
         seq_fields(&mut update, updated);
         update.set(OWNER_SWITCHES, n(updated.owner_switches_since_checkpoint));
         meta_fields(&mut update, updated);
         update.expect_eq(LEASE_COUNTER, n(updated.lease_counter));
         update.expect_opt(LEASE_OWNER, updated.lease_owner.as_deref());
         let counter = updated.lease_counter;
-        let checkpoint = updated.checkpoint.clone();
-        self.conditional_update(&updated.lease_key, update, |c| {
-            c.lease_counter == counter + 1 && c.checkpoint == checkpoint
-        })
-        .await
+        self.conditional_update(&updated.lease_key, update, |c| c.shows_write(token, counter + 1)).await
     }
 
     async fn update_lease_meta(&self, lease: &Lease) -> Result<(), StoreError> {

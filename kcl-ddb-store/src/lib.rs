@@ -32,7 +32,11 @@ mod worker_metrics;
 
 use std::sync::Arc;
 
-use aws_config::BehaviorVersion;
+use std::time::Duration;
+
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, ConfigLoader};
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::config::{Credentials, Region};
 use kcl::StoreError;
@@ -85,6 +89,25 @@ impl DynamoDbStores {
     }
 }
 
+/// The longest one DynamoDB request may take, on clients this crate builds.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
+/// The longest one store operation may take with its retries, on clients this crate builds: within
+/// `kcl`'s default store call timeout (a quarter of the 10 s lease duration), so a slow DynamoDB
+/// fails a renewal in time for the next one rather than holding it.
+pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `aws-config`'s defaults with the timeouts above. Retries are this crate's own (throttling and
+/// transient failures, jittered, within [`OPERATION_TIMEOUT`]), so that a retried conditional write
+/// can recognise its own earlier attempt by its token; the SDK's are off.
+fn sdk_defaults() -> ConfigLoader {
+    let timeouts = TimeoutConfig::builder()
+        .connect_timeout(ATTEMPT_TIMEOUT)
+        .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+        .operation_timeout(OPERATION_TIMEOUT)
+        .build();
+    aws_config::defaults(BehaviorVersion::latest()).timeout_config(timeouts).retry_config(RetryConfig::disabled())
+}
+
 /// Builds [`DynamoDbStores`]: the client, the application name (table names), table options.
 #[derive(Default, Debug)]
 pub struct DynamoDbStoresBuilder {
@@ -95,7 +118,9 @@ pub struct DynamoDbStoresBuilder {
 }
 
 impl DynamoDbStoresBuilder {
-    /// Uses a ready SDK client.
+    /// Uses a ready SDK client, as configured. Give it timeouts that fit the workers' store call
+    /// timeout (the clients this builder makes use [`ATTEMPT_TIMEOUT`] and [`OPERATION_TIMEOUT`]);
+    /// `kcl` abandons any call that takes longer anyway.
     pub fn client(mut self, client: Client) -> Self {
         self.client = Some(client);
         self
@@ -103,25 +128,21 @@ impl DynamoDbStoresBuilder {
 
     /// Builds the client from `aws-config`'s standard chain (env, profile, IMDS).
     pub async fn from_env(mut self) -> Self {
-        let config = aws_config::defaults(BehaviorVersion::latest()).load().await;
+        let config = sdk_defaults().load().await;
         self.client = Some(Client::new(&config));
         self
     }
 
     /// Builds the client for an explicit endpoint and region; credentials from the standard chain.
     pub async fn endpoint(mut self, endpoint_url: impl Into<String>, region: impl Into<String>) -> Self {
-        let config = aws_config::defaults(BehaviorVersion::latest())
-            .endpoint_url(endpoint_url)
-            .region(Region::new(region.into()))
-            .load()
-            .await;
+        let config = sdk_defaults().endpoint_url(endpoint_url).region(Region::new(region.into())).load().await;
         self.client = Some(Client::new(&config));
         self
     }
 
     /// Builds the client for DynamoDB Local: the endpoint, region `us-east-1`, static test credentials.
     pub async fn local(mut self, endpoint_url: impl Into<String>) -> Self {
-        let config = aws_config::defaults(BehaviorVersion::latest())
+        let config = sdk_defaults()
             .endpoint_url(endpoint_url)
             .region(Region::new("us-east-1"))
             .credentials_provider(Credentials::new("test", "test", None, None, "kcl-ddb-store-local"))
@@ -153,7 +174,7 @@ impl DynamoDbStoresBuilder {
     pub async fn build(self) -> Result<DynamoDbStores, StoreError> {
         let client = match self.client {
             Some(c) => c,
-            None => Client::new(&aws_config::defaults(BehaviorVersion::latest()).load().await),
+            None => Client::new(&sdk_defaults().load().await),
         };
         let names = match (self.names, self.application_name) {
             (Some(names), _) => names,

@@ -37,6 +37,7 @@ impl StoreTable {
 pub struct StoreStats {
     reads: [AtomicU64; 3],
     writes: [AtomicU64; 3],
+    malformed: AtomicU64,
 }
 
 impl StoreStats {
@@ -46,6 +47,15 @@ impl StoreStats {
             Op::Write => &self.writes,
         };
         counters[table.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn record_malformed(&self) {
+        self.malformed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Lease items the scan skipped because they could not be read as leases.
+    pub fn malformed_items(&self) -> u64 {
+        self.malformed.load(Ordering::Relaxed)
     }
 
     /// Read requests (GetItem, Query, Scan pages) so far, all tables.

@@ -45,6 +45,7 @@ conformance_test!(checkpoints_round_trip, lease_store);
 conformance_test!(graceful_handoff, lease_store);
 conformance_test!(evict_and_delete, lease_store);
 conformance_test!(lists_keys_by_owner, lease_store);
+conformance_test!(writes_carry_their_token, lease_store);
 conformance_test!(leader_lock, coordinator_store);
 conformance_test!(worker_metrics, worker_metrics_store);
 

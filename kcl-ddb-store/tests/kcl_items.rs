@@ -9,6 +9,7 @@ use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::AttributeValue;
 use bytes::Bytes;
 use kcl::Lease;
+use kcl::lease::WriteToken;
 use kcl::store::{LeaseStore, LockItem, WorkerMetrics};
 use kcl_ddb_store::item::{self, Item};
 use kinesis_core::{ExtendedSequenceNumber, HashKeyRange, SequenceNumber};
@@ -155,7 +156,9 @@ fn lock_and_worker_metrics_items() {
             record_version: "3f2a6c1e-55c7-4e6b-9a0d-1b2c3d4e5f60".into(),
             lease_duration: std::time::Duration::from_secs(120),
             is_released: false,
-        }
+            holder_fences_leases: false,
+        },
+        "a lock the Java KCL's lock client wrote does not promise the fence"
     );
     assert_eq!(normalize(&item::lock_to_item(&lock)), normalize(&lock_item));
 
@@ -215,14 +218,15 @@ async fn stored_items_match_the_java_layout_and_java_items_are_used_as_is() {
     client.put_item().table_name(&app).set_item(Some(java_item)).send().await.expect("put java item");
     let store = stores.lease_store();
     let lease = store.get_lease("shardId-000000000004").await.expect("get").expect("exists");
-    let taken = store.take_lease(&lease, "rust-worker").await.expect("take from the Java worker");
+    let taken = store.take_lease(&lease, "rust-worker", &WriteToken::new()).await.expect("take from the Java worker");
     assert_eq!(taken.owner_switches_since_checkpoint, 1);
     let mut next = taken.clone();
     next.checkpoint =
         ExtendedSequenceNumber::at_sub(seq("49590338271490256608559692538361571095921575989136588999"), 3);
     next.owner_switches_since_checkpoint = 0;
-    store.update_lease(&next).await.expect("checkpoint");
-    let raw = client
+    let token = WriteToken::new();
+    store.update_lease(&next, &token).await.expect("checkpoint");
+    let mut raw = client
         .get_item()
         .table_name(&app)
         .key("leaseKey", AttributeValue::S("shardId-000000000004".into()))
@@ -240,6 +244,8 @@ async fn stored_items_match_the_java_layout_and_java_items_are_used_as_is() {
         AttributeValue::S("49590338271490256608559692538361571095921575989136588999".into()),
     );
     expected.insert("checkpointSubSequenceNumber".into(), AttributeValue::N("3".into()));
+    // The one attribute added to the Java layout: the write's token, which the Java KCL ignores.
+    assert_eq!(raw.remove("lastWriteToken"), Some(AttributeValue::S(token.as_str().to_owned())));
     assert_eq!(normalize(&raw), normalize(&expected), "the stored item keeps the Java layout");
 
     // A lease created by our store is stored exactly as the Java KCL creates one.

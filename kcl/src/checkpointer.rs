@@ -222,7 +222,8 @@ mod tests {
     use tokio_util::sync::CancellationToken;
 
     use super::*;
-    use crate::lease::Lease;
+    use crate::lease::{Lease, WriteToken};
+    use crate::lease_renewer::{Fencing, HeldLeaseContext, RenewOutcome};
     use crate::store::memory::MemoryLeaseStore;
 
     fn at(seq: u128, sub: u64) -> ExtendedSequenceNumber {
@@ -233,15 +234,19 @@ mod tests {
         let store = MemoryLeaseStore::new();
         let lease = Lease::new("shardId-000000000001", ExtendedSequenceNumber::TrimHorizon);
         store.create_lease_if_not_exists(&lease).await.expect("create");
-        let taken = store.take_lease(&lease, "w1").await.expect("take");
+        let taken = store.take_lease(&lease, "w1", &WriteToken::new()).await.expect("take");
         let abort = CancellationToken::new();
-        let held = Arc::new(HeldLease::new(
-            taken,
-            Arc::from("w1"),
-            Duration::from_secs(10),
-            &abort,
-            &CancellationToken::new(),
-        ));
+        let shutdown = CancellationToken::new();
+        let worker = HeldLeaseContext {
+            worker_id: Arc::from("w1"),
+            lease_duration: Duration::from_secs(10),
+            abort: &abort,
+            shutdown: &shutdown,
+            fencing: Arc::new(Fencing::default()),
+        };
+        let held = Arc::new(HeldLease::new(taken, kinesis_core::ShardId::from_index(1), worker));
+        // The first renewal starts the lease's local clock, as discovery does before processing.
+        assert!(matches!(held.renew(&store).await, RenewOutcome::Renewed));
         let checkpointer = Checkpointer::new(held.clone(), Arc::new(store.clone()));
         (store, checkpointer, held, abort)
     }
@@ -293,7 +298,7 @@ mod tests {
         cp.set_largest_delivered(Some(at(5, 0)));
         // Another worker takes the lease: the conditional write fences this one.
         let current = store.get_lease("shardId-000000000001").await.expect("get").expect("exists");
-        store.take_lease(&current, "w2").await.expect("steal");
+        store.take_lease(&current, "w2", &WriteToken::new()).await.expect("steal");
         assert!(matches!(cp.checkpoint().await, Err(CheckpointError::LeaseLost { .. })));
         assert!(held.is_lost(), "the loss stops the shard");
         // Later attempts are refused without a write.
@@ -310,7 +315,7 @@ mod tests {
         let prepared = cp.prepare_checkpoint_at(at(30, 0), Some(Bytes::from_static(b"s"))).await.expect("prepare");
         // The leader reassigns the lease to another worker.
         let current = store.get_lease("shardId-000000000001").await.expect("get").expect("exists");
-        store.assign_lease(&current, "w2").await.expect("reassign");
+        store.assign_lease(&current, "w2", &WriteToken::new()).await.expect("reassign");
         // A checkpoint at an explicit position within bounds is fenced by the write's condition.
         assert!(matches!(cp.checkpoint_at(at(35, 1)).await, Err(CheckpointError::LeaseLost { .. })));
         assert!(held.is_lost());
@@ -338,7 +343,7 @@ mod tests {
         let (store, cp, held, _abort) = setup().await;
         cp.set_largest_delivered(Some(at(7, 0)));
         let current = store.get_lease("shardId-000000000001").await.expect("get").expect("exists");
-        store.initiate_handoff(&current, "w2").await.expect("handoff");
+        store.initiate_handoff(&current, "w2", &WriteToken::new()).await.expect("handoff");
         cp.checkpoint().await.expect("the checkpoint owner may checkpoint");
         assert!(held.stop.is_cancelled(), "the handoff was noticed");
         let stored = store.get_lease("shardId-000000000001").await.expect("get").expect("exists");

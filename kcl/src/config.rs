@@ -253,6 +253,10 @@ pub struct SchedulerConfig {
     pub lease_renewal_interval: Option<Duration>,
     /// How often a worker asks the lease table which leases the leader gave it. Default 2 s.
     pub lease_discovery_interval: Duration,
+    /// The longest any call to a store may take before the worker abandons it (and, for a
+    /// renewal, counts it as failed). Default `lease_duration / 4`; must be shorter than
+    /// `lease_duration / 3` so that a hanging store cannot hold a renewal past the next one.
+    pub store_call_timeout: Option<Duration>,
     /// The leader lock's lease: a contender takes the lock after seeing the same record version
     /// this long. Default 8 s.
     pub leader_lock_duration: Duration,
@@ -278,6 +282,12 @@ pub struct SchedulerConfig {
     /// The leader's full shard sync period (lease creation for new shards). Default 60 s; a shard
     /// reaching its end also creates its children's leases at once.
     pub shard_sync_interval: Duration,
+    /// The leader deletes a lease whose shard has been missing from every shard listing for this
+    /// long (the shard expired past retention, or the lease was written for a shard that never
+    /// existed): the Java KCL's garbage-lease cleanup (`garbageLeaseCleanupIntervalMillis`).
+    /// Default 30 minutes. Only leases read before a listing started are judged by it, so a lease
+    /// created for a brand-new shard is never taken for garbage.
+    pub garbage_lease_cleanup_delay: Duration,
     /// How often a child shard waiting for its parents re-reads their leases. Default 2 s.
     pub parent_shard_poll_interval: Duration,
     /// Backoff for retried lifecycle calls (`initialize`, `shard_ended` without a checkpoint).
@@ -304,6 +314,7 @@ impl Default for SchedulerConfig {
             lease_duration: Duration::from_secs(10),
             lease_renewal_interval: None,
             lease_discovery_interval: Duration::from_secs(2),
+            store_call_timeout: None,
             leader_lock_duration: Duration::from_secs(8),
             leader_heartbeat_interval: Duration::from_secs(2),
             leader_check_interval: Duration::from_secs(2),
@@ -315,6 +326,7 @@ impl Default for SchedulerConfig {
             graceful_handoff_timeout: Duration::from_secs(30),
             graceful_shutdown_timeout: Duration::from_secs(30),
             shard_sync_interval: Duration::from_secs(60),
+            garbage_lease_cleanup_delay: Duration::from_secs(30 * 60),
             parent_shard_poll_interval: Duration::from_secs(2),
             task_backoff: Backoff::exponential(Duration::from_millis(500), Duration::from_secs(30)),
             process_error_policy: ProcessErrorPolicy::default(),
@@ -349,6 +361,11 @@ impl SchedulerConfig {
     /// The renewal period: explicit, or `lease_duration / 3`.
     pub fn renewal_interval(&self) -> Duration {
         self.lease_renewal_interval.unwrap_or(self.lease_duration / 3)
+    }
+
+    /// The per-call store timeout: explicit, or `lease_duration / 4`.
+    pub fn store_call_timeout(&self) -> Duration {
+        self.store_call_timeout.unwrap_or(self.lease_duration / 4)
     }
 
     /// The leader's assignment period: explicit, or `lease_duration / 4`.

@@ -51,10 +51,10 @@ use futures::StreamExt;
 use tokio::time::{Instant, sleep_until};
 
 use crate::assignment::{self, Action, AssignmentInput, LeaseInfo, WorkerInfo};
-use crate::lease::Lease;
+use crate::context::WorkerContext;
+use crate::lease::{Lease, WriteToken};
 use crate::lineage;
-use crate::scheduler::WorkerContext;
-use crate::shard_sync;
+use crate::shard_sync::{self, GarbageLeases, Synced};
 use crate::store::{LockItem, StoreError, WorkerMetrics};
 use crate::worker_metrics::{cpu_of, max_cpu_of};
 
@@ -66,11 +66,13 @@ pub const LEADER_LOCK_KEY: &str = "Leader";
 pub(crate) struct ExpiryTracker {
     lease_duration: Duration,
     seen: HashMap<String, (u64, Instant)>,
+    /// Leases known expired at this counter without waiting (their holder fenced itself).
+    fenced: HashMap<String, u64>,
 }
 
 impl ExpiryTracker {
     pub fn new(lease_duration: Duration) -> Self {
-        ExpiryTracker { lease_duration, seen: HashMap::new() }
+        ExpiryTracker { lease_duration, seen: HashMap::new(), fenced: HashMap::new() }
     }
 
     /// Records a full scan: new or changed counters restart their clocks; leases no longer
@@ -78,6 +80,7 @@ impl ExpiryTracker {
     pub fn observe_all(&mut self, leases: &[Lease], now: Instant) {
         let keys: HashSet<&str> = leases.iter().map(|l| l.lease_key.as_str()).collect();
         self.seen.retain(|k, _| keys.contains(k.as_str()));
+        self.fenced.retain(|k, _| keys.contains(k.as_str()));
         for lease in leases {
             self.observe(lease, now);
         }
@@ -92,14 +95,25 @@ impl ExpiryTracker {
                 self.seen.insert(lease.lease_key.clone(), (lease.lease_counter, now));
             }
         }
+        if self.fenced.get(&lease.lease_key).is_some_and(|c| *c != lease.lease_counter) {
+            self.fenced.remove(&lease.lease_key);
+        }
     }
 
-    /// Whether the lease is owned and its counter was seen unchanged for a lease duration.
+    /// Takes `lease` as expired now, for as long as its counter stays what it is: its holder
+    /// has fenced itself (see [`Fencing`](crate::lease_renewer::Fencing)).
+    pub fn expire_fenced(&mut self, lease: &Lease) {
+        self.fenced.insert(lease.lease_key.clone(), lease.lease_counter);
+    }
+
+    /// Whether the lease is owned and its counter was seen unchanged for a lease duration (or
+    /// its holder fenced itself at this counter).
     pub fn is_expired(&self, lease: &Lease, now: Instant) -> bool {
         lease.lease_owner.is_some()
-            && self.seen.get(&lease.lease_key).is_some_and(|(counter, since)| {
-                *counter == lease.lease_counter && now.saturating_duration_since(*since) >= self.lease_duration
-            })
+            && (self.fenced.get(&lease.lease_key) == Some(&lease.lease_counter)
+                || self.seen.get(&lease.lease_key).is_some_and(|(counter, since)| {
+                    *counter == lease.lease_counter && now.saturating_duration_since(*since) >= self.lease_duration
+                }))
     }
 
     /// The earliest instant at which one of these owned leases would expire, if not yet expired.
@@ -166,6 +180,7 @@ impl WorkerLiveness {
 
 struct Held {
     lock: LockItem,
+    /// When the last successful heartbeat (or the acquisition) was sent.
     last_heartbeat_ok: Instant,
     next_heartbeat: Instant,
     next_pass: Instant,
@@ -179,19 +194,30 @@ pub(crate) struct Leader {
     expiry: ExpiryTracker,
     liveness: WorkerLiveness,
     held: Option<Held>,
-    /// The lock version last seen as a contender, and when it was first seen.
-    watched: Option<(String, Instant)>,
+    /// The lock version last seen as a contender, when it was first seen, and the lock's lease
+    /// duration.
+    watched: Option<(String, Instant, Duration)>,
+    /// A leader replaced by this one that fenced its leases on the lock: its leases are expired
+    /// at the first pass.
+    fenced_predecessor: Option<String>,
+    /// Leases without a shard, for the garbage-lease cleanup.
+    garbage: GarbageLeases,
 }
 
 impl Leader {
     pub fn new(ctx: Arc<WorkerContext>) -> Self {
         let lease_duration = ctx.config.lease_duration;
+        // A worker's metrics row changes every `worker_metrics_interval`; three missed reports
+        // mark it dead for assignment (it receives nothing) well before its leases expire.
+        let dead_after = (ctx.config.worker_metrics_interval * 3).min(lease_duration);
         Leader {
             ctx,
             expiry: ExpiryTracker::new(lease_duration),
-            liveness: WorkerLiveness::new(lease_duration),
+            liveness: WorkerLiveness::new(dead_after),
             held: None,
             watched: None,
+            fenced_predecessor: None,
+            garbage: GarbageLeases::default(),
         }
     }
 
@@ -222,7 +248,13 @@ impl Leader {
         if self.held.is_none() {
             self.contend().await;
             if self.held.is_none() {
-                return Instant::now() + self.ctx.config.leader_check_interval;
+                // Look again after the check interval, or exactly when the watched version will
+                // have been unchanged for the lock's lease duration.
+                let regular = Instant::now() + self.ctx.config.leader_check_interval;
+                return match &self.watched {
+                    Some((_, since, duration)) => regular.min((*since + *duration).max(Instant::now())),
+                    None => regular,
+                };
             }
         }
         let now = Instant::now();
@@ -230,9 +262,11 @@ impl Leader {
             self.heartbeat().await;
         }
         if self.held.as_ref().is_some_and(|h| Instant::now() >= h.next_sync) {
-            match shard_sync::sync(&self.ctx).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(created = n, "shard sync created leases"),
+            match shard_sync::sync(&self.ctx, &mut self.garbage).await {
+                Ok(synced) if synced == Synced::default() => {}
+                Ok(synced) => {
+                    tracing::info!(created = synced.created, deleted = synced.deleted, "shard sync changed leases")
+                }
                 Err(e) => tracing::warn!(error = %e, "shard sync failed"),
             }
             if let Some(h) = self.held.as_mut() {
@@ -266,12 +300,13 @@ impl Leader {
             Some(item) if item.is_released => self.try_acquire(Some(&item), false).await,
             Some(item) if item.owner == self.me() => {
                 // This worker held the lock before a restart: resume it.
+                let sent_at = Instant::now();
                 if let Ok(fresh) = store.heartbeat_lock(&item).await {
-                    self.become_leader(fresh, true);
+                    self.become_leader(fresh, true, sent_at);
                 }
             }
             Some(item) => match &self.watched {
-                Some((version, since)) if *version == item.record_version => {
+                Some((version, since, _)) if *version == item.record_version => {
                     let unchanged = now.saturating_duration_since(*since);
                     if unchanged >= item.lease_duration {
                         tracing::info!(previous = %item.owner, "leader lock not heartbeated for its lease duration; taking it");
@@ -279,22 +314,26 @@ impl Leader {
                         self.try_acquire(Some(&item), true).await;
                         if self.held.is_some() {
                             self.liveness.suspect(&previous);
+                            if item.holder_fences_leases {
+                                self.fenced_predecessor = Some(previous);
+                            }
                         }
                     } else if unchanged >= self.ctx.config.leader_heartbeat_interval * 2 {
                         self.standby_scan().await;
                     }
                 }
-                _ => self.watched = Some((item.record_version, now)),
+                _ => self.watched = Some((item.record_version, now, item.lease_duration)),
             },
         }
     }
 
     async fn try_acquire(&mut self, expected: Option<&LockItem>, takeover: bool) {
         let duration = self.ctx.config.leader_lock_duration;
+        let sent_at = Instant::now();
         match self.ctx.coordinator_store.acquire_lock(LEADER_LOCK_KEY, self.me(), duration, expected).await {
-            Ok(item) => self.become_leader(item, takeover),
+            Ok(item) => self.become_leader(item, takeover, sent_at),
             Err(StoreError::LockLost { current }) => {
-                self.watched = current.map(|c| (c.record_version, Instant::now()));
+                self.watched = current.map(|c| (c.record_version, Instant::now(), c.lease_duration));
             }
             Err(e) => tracing::warn!(error = %e, "acquiring the leader lock failed"),
         }
@@ -303,14 +342,16 @@ impl Leader {
     /// Takes office. `takeover`: the lock was taken from a leader that stopped heartbeating (the
     /// fleet is running, pass at once); otherwise the lock was free (the fleet may be starting:
     /// wait up to 2 s so workers starting together report their metrics before the first pass).
-    fn become_leader(&mut self, lock: LockItem, takeover: bool) {
+    fn become_leader(&mut self, lock: LockItem, takeover: bool, sent_at: Instant) {
         let now = Instant::now();
+        // From now on every held lease ends with the lock unless it is heartbeated (the fence).
+        self.ctx.fencing.set_deadline(Some(sent_at + lock.lease_duration));
         tracing::info!(worker = %self.ctx.worker_id, takeover, "became leader");
         let settle =
             if takeover { Duration::ZERO } else { self.ctx.config.assignment_interval().min(Duration::from_secs(2)) };
         self.held = Some(Held {
             lock,
-            last_heartbeat_ok: now,
+            last_heartbeat_ok: sent_at,
             next_heartbeat: now + self.ctx.config.leader_heartbeat_interval,
             next_pass: now + settle,
             next_sync: now,
@@ -331,23 +372,44 @@ impl Leader {
     }
 
     async fn heartbeat(&mut self) {
-        let Some(held) = self.held.as_mut() else { return };
-        let now = Instant::now();
-        match self.ctx.coordinator_store.heartbeat_lock(&held.lock).await {
-            Ok(lock) => {
-                held.lock = lock;
-                held.last_heartbeat_ok = now;
-                held.next_heartbeat = now + self.ctx.config.leader_heartbeat_interval;
-            }
-            Err(StoreError::LockLost { .. }) => self.step_down("leader lock taken over"),
-            Err(e) => {
-                let grace =
-                    self.ctx.config.leader_lock_duration.saturating_sub(self.ctx.config.leader_heartbeat_interval);
-                if now.saturating_duration_since(held.last_heartbeat_ok) >= grace {
-                    self.step_down("cannot heartbeat the leader lock");
-                } else {
-                    tracing::warn!(error = %e, "leader heartbeat failed; retrying");
-                    held.next_heartbeat = now + Duration::from_millis(500);
+        // A heartbeat whose reply was lost leaves a version this worker does not know; the lock
+        // still names this worker, so it is this worker's own write: adopt it and beat again.
+        for _ in 0..2 {
+            let Some(held) = self.held.as_ref() else { return };
+            let now = Instant::now();
+            let result = self.ctx.coordinator_store.heartbeat_lock(&held.lock).await;
+            let interval = self.ctx.config.leader_heartbeat_interval;
+            let grace = self.ctx.config.leader_lock_duration.saturating_sub(interval);
+            let Some(held) = self.held.as_mut() else { return };
+            match result {
+                Ok(lock) => {
+                    self.ctx.fencing.set_deadline(Some(now + lock.lease_duration));
+                    held.lock = lock;
+                    held.last_heartbeat_ok = now;
+                    held.next_heartbeat = now + interval;
+                    return;
+                }
+                Err(StoreError::LockLost { current: Some(current) })
+                    if current.owner == held.lock.owner && !current.is_released =>
+                {
+                    held.lock = current;
+                }
+                Err(StoreError::LockLost { .. }) => {
+                    self.step_down("leader lock taken over");
+                    // The new leader may reassign this worker's leases at once.
+                    self.ctx.fencing.fire(&self.ctx.registry, "the leader lock was taken over");
+                    return;
+                }
+                Err(e) => {
+                    let now = Instant::now();
+                    if now.saturating_duration_since(held.last_heartbeat_ok) >= grace {
+                        // The fence stays: this worker's leases end at its deadline.
+                        self.step_down("cannot heartbeat the leader lock");
+                    } else {
+                        tracing::warn!(error = %e, "leader heartbeat failed; retrying");
+                        held.next_heartbeat = now + Duration::from_millis(500);
+                    }
+                    return;
                 }
             }
         }
@@ -355,8 +417,11 @@ impl Leader {
 
     async fn resign(&mut self) {
         if let Some(held) = self.held.take() {
-            if let Err(e) = self.ctx.coordinator_store.release_lock(&held.lock).await {
-                tracing::warn!(error = %e, "releasing the leader lock failed");
+            match self.ctx.coordinator_store.release_lock(&held.lock).await {
+                // Nobody will take over from a watched version: the fence is no longer needed.
+                Ok(()) => self.ctx.fencing.set_deadline(None),
+                // The lock may still be taken over after its lease duration: keep the fence.
+                Err(e) => tracing::warn!(error = %e, "releasing the leader lock failed"),
             }
             self.ctx.metrics.is_leader.set(0.0);
             self.ctx.set_leader(false);
@@ -388,6 +453,19 @@ impl Leader {
         let now = Instant::now();
         self.expiry.observe_all(&leases, now);
         self.liveness.observe_all(&rows, now);
+        if let Some(predecessor) = self.fenced_predecessor.take() {
+            // The replaced leader stopped every shard it held by now (its fence): no need to wait
+            // for their counters to go stale.
+            for lease in leases.iter().filter(|l| l.holder() == Some(predecessor.as_str())) {
+                self.expiry.expire_fenced(lease);
+            }
+        }
+        // A lease key that names no shard is never processed: leave it alone (logged once per
+        // pass), rather than handing it from worker to worker.
+        let (leases, unusable): (Vec<Lease>, Vec<Lease>) = leases.into_iter().partition(|l| l.shard_id().is_some());
+        for lease in &unusable {
+            tracing::warn!(lease = %lease.lease_key, "lease key is not a shard id; not assigning it");
+        }
         let passes = match self.held.as_mut() {
             Some(h) => {
                 h.passes += 1;
@@ -420,6 +498,13 @@ impl Leader {
             config: &self.ctx.config.assignment,
             balance,
         });
+        // The holder of an expired lease receives nothing until it shows it is alive again (its
+        // metrics row changes): a dead worker's load just fell, so it would look least loaded.
+        for lease in open.iter().filter(|l| self.expiry.is_expired(l, now)) {
+            if let Some(holder) = lease.holder() {
+                self.liveness.suspect(holder);
+            }
+        }
         let expired = infos.iter().filter(|l| l.expired).count();
         self.ctx.metrics.num_workers.set(workers.len() as f64);
         self.ctx.metrics.total_leases.set(leases.len() as f64);
@@ -432,9 +517,17 @@ impl Leader {
             let lease = (*by_key.get(action.lease_key())?).clone();
             let store = store.clone();
             Some(async move {
+                let token = WriteToken::new();
                 let result = match &action {
-                    Action::Handoff { to, .. } if graceful => store.initiate_handoff(&lease, to).await,
-                    Action::Handoff { to, .. } | Action::Assign { to, .. } => store.assign_lease(&lease, to).await,
+                    Action::Handoff { to, .. } if graceful => store.initiate_handoff(&lease, to, &token).await,
+                    // An owned lease given away here expired: take it on the counter that was seen
+                    // unchanged, so a renewal that lands meanwhile keeps it with its owner.
+                    Action::Assign { to, .. } if lease.lease_owner.is_some() => {
+                        store.take_lease(&lease, to, &token).await
+                    }
+                    Action::Handoff { to, .. } | Action::Assign { to, .. } => {
+                        store.assign_lease(&lease, to, &token).await
+                    }
                 };
                 (action, result)
             })

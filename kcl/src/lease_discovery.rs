@@ -1,16 +1,17 @@
 //! How a worker finds the leases the leader gave it: every `lease_discovery_interval` it asks the
 //! lease store for the keys it owns (`list_lease_keys_owned_by`, a possibly lagging index), reads
 //! each new one (`get_lease`, consistent), and starts a shard task for it when it is really
-//! owned by this worker, not in a handoff (the previous owner may still checkpoint), and not
-//! finished. It renews the lease once before starting, which both checks the ownership and
-//! starts the lease's local expiry clock.
+//! owned by this worker, not in a handoff (the previous owner may still checkpoint), not
+//! finished, not quarantined by this worker's leader fence, and keyed by a shard id (a key that
+//! names no shard is skipped and logged — `kcl` never guesses a shard). It renews the lease once
+//! before starting, which both checks the ownership and starts the lease's local expiry clock.
 
 use std::sync::Arc;
 
 use tokio::time::MissedTickBehavior;
 
-use crate::lease_renewer::{HeldLease, RenewOutcome};
-use crate::scheduler::WorkerContext;
+use crate::context::WorkerContext;
+use crate::lease_renewer::RenewOutcome;
 use crate::shard_consumer;
 
 /// Discovers leases until shutdown or abort.
@@ -52,13 +53,15 @@ pub(crate) async fn discover(ctx: &Arc<WorkerContext>) {
         if !lease.is_owned_by(&ctx.worker_id) || lease.is_in_handoff() || lease.is_finished() {
             continue;
         }
-        let held = Arc::new(HeldLease::new(
-            lease,
-            ctx.worker_id.clone(),
-            ctx.config.lease_duration,
-            &ctx.abort,
-            &ctx.shutdown,
-        ));
+        if ctx.fencing.is_quarantined(&lease, &ctx.worker_id) {
+            tracing::debug!(lease = %key, "lease quarantined by the leader fence; waiting for a new assignment");
+            continue;
+        }
+        let Some(shard_id) = lease.shard_id() else {
+            tracing::warn!(lease = %key, "lease key is not a shard id; not processing it");
+            continue;
+        };
+        let held = Arc::new(ctx.hold(lease, shard_id));
         match held.renew(&*ctx.lease_store).await {
             RenewOutcome::Renewed => {}
             outcome => {

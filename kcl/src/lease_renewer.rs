@@ -7,35 +7,56 @@
 //!
 //! The [`LeaseRenewer`] renews every held lease each `renewal_interval` (default
 //! `lease_duration / 3`), recording the lease's throughput (an EMA with α = 0.5 of the KB/s
-//! delivered to the processor, as the Java KCL's `LeaseStatsRecorder`). The outcome of a renewal:
+//! delivered to the processor, as the Java KCL's `LeaseStatsRecorder`).
 //!
-//! * success — the lease's local "last renewed" instant moves to the time the request was sent;
-//! * `LeaseLost` whose current item shows `checkpoint_owner == me` and another owner — the leader
-//!   started a graceful handoff: adopt the item (so later writes expect the handoff), keep
-//!   renewing, and ask the shard to stop gracefully (its processor checkpoints, then the lease is
-//!   assigned to the next owner);
+//! # Local expiry
+//!
+//! A held lease is valid on this worker's clock until `lease_duration` after the *sending* of its
+//! last write known to have landed (renewal, checkpoint). Other workers judge it expired only a
+//! lease duration after they *saw* that write's counter, which is later, so a worker always stops
+//! before another may start. The shard task watches the expiry instant itself
+//! ([`HeldLease::watch_expiry`]): once it passes, the lease is lost and the shard stops at once,
+//! whether or not a store call is still outstanding — a store that hangs cannot keep a worker
+//! processing a shard that was given away. While the worker leads, every lease is also bounded by
+//! the leader fence ([`Fencing`]).
+//!
+//! # Outcomes of a write
+//!
+//! * success — the lease's local expiry moves to `lease_duration` after the request was sent;
+//! * `LeaseLost` whose item [`shows_write`](Lease::shows_write) an earlier write of this worker
+//!   whose reply was lost (a timeout, an unavailable store) — that write landed: the item is
+//!   adopted (its send time counts as a renewal) and the write goes on from it;
+//! * `LeaseLost` whose item shows `checkpoint_owner == me` and another owner — the leader started
+//!   a graceful handoff: adopt the item (so later writes expect the handoff), keep renewing, and
+//!   ask the shard to stop gracefully (its processor checkpoints, then the lease is assigned to
+//!   the next owner);
 //! * `LeaseLost` otherwise — the lease is gone: its `lost` token is cancelled **while the view
 //!   mutex is still held**, so no checkpoint of this worker can be written after the loss was
 //!   seen, and the shard task drops whatever the processor was doing;
-//! * a transient store error — kept, unless the last successful write is a lease duration old on
-//!   this worker's clock: other workers may judge the lease expired from then on, so it is
-//!   treated as lost.
+//! * any other error — the write's outcome is unknown: its token is kept so that a later write
+//!   can recognise it, and the lease is kept until its local expiry.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use kinesis_core::ShardId;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::sync::watch;
+use tokio::time::{Instant, MissedTickBehavior, sleep_until};
 use tokio_util::sync::CancellationToken;
 
-use crate::lease::Lease;
+use crate::lease::{Lease, WriteToken};
 use crate::store::{LeaseStore, StoreError};
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+/// Writes with unknown outcomes kept per lease (a processor retrying checkpoints against a failing
+/// store cannot grow the list without bound; an entry dropped only costs the lease).
+const MAX_UNANSWERED: usize = 16;
 
 /// What a renewal did.
 #[derive(Debug)]
@@ -63,10 +84,54 @@ pub(crate) enum WriteError {
     Store(StoreError),
 }
 
+/// The kinds of write a held lease makes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WriteKind {
+    Renew,
+    Update,
+    Release,
+}
+
+/// A write sent from the current view whose reply never came.
+#[derive(Debug)]
+struct Unanswered {
+    token: WriteToken,
+    counter_after: u64,
+    sent_at: Instant,
+    kind: WriteKind,
+}
+
+/// The lease as this worker last wrote or read it, and its writes of unknown outcome.
+#[derive(Debug)]
+struct View {
+    lease: Lease,
+    unanswered: Vec<Unanswered>,
+}
+
+impl View {
+    /// The earlier write of this view that `current` proves landed, if any.
+    fn proven(&self, current: &Lease) -> Option<(Instant, WriteKind)> {
+        self.unanswered.iter().find(|w| current.shows_write(&w.token, w.counter_after)).map(|w| (w.sent_at, w.kind))
+    }
+
+    fn adopt(&mut self, lease: Lease) {
+        self.lease = lease;
+        self.unanswered.clear();
+    }
+
+    fn remember(&mut self, token: WriteToken, sent_at: Instant, kind: WriteKind) {
+        if self.unanswered.len() == MAX_UNANSWERED {
+            self.unanswered.remove(0);
+        }
+        let counter_after = self.lease.lease_counter + 1;
+        self.unanswered.push(Unanswered { token, counter_after, sent_at, kind });
+    }
+}
+
 #[derive(Debug)]
 struct Status {
-    /// When the last successful write was sent.
-    last_renewed: Instant,
+    /// When the last write known to have landed was sent (`None` before the first renewal).
+    last_renewed: Option<Instant>,
     /// The next owner, while a graceful handoff is in progress.
     handoff_to: Option<String>,
     /// When the graceful stop (handoff or shutdown) was first requested.
@@ -79,19 +144,110 @@ struct Status {
     last_sample_at: Instant,
     /// The checkpoint as last written or read (for lock-free reads).
     checkpoint: kinesis_core::ExtendedSequenceNumber,
+    /// The counter as last written or read (for lock-free reads).
+    counter: u64,
+}
+
+/// The leader fence of one worker, and the leases it quarantined.
+///
+/// While the worker leads, every lease it holds is valid at most until `leader_lock_duration`
+/// after the sending of its last successful lock heartbeat (the fence deadline): a contender takes
+/// the lock only after watching the same version that long, so once it has, this worker has
+/// stopped all its shards, and the new leader may reassign them at once instead of waiting for
+/// their counters to go stale. When the deadline passes, every held lease is lost and quarantined:
+/// discovery does not take it up again until somebody else has written it (its counter moved
+/// beyond what this worker's own writes can have left), so the new leader's reassignment never
+/// races this worker's re-take.
+#[derive(Debug)]
+pub(crate) struct Fencing {
+    deadline: watch::Sender<Option<Instant>>,
+    quarantined: Mutex<HashMap<String, u64>>,
+}
+
+impl Default for Fencing {
+    fn default() -> Self {
+        Fencing { deadline: watch::Sender::new(None), quarantined: Mutex::new(HashMap::new()) }
+    }
+}
+
+impl Fencing {
+    /// Sets (or clears) the fence deadline.
+    pub fn set_deadline(&self, deadline: Option<Instant>) {
+        self.deadline.send_replace(deadline);
+    }
+
+    /// The current fence deadline.
+    pub fn deadline(&self) -> Option<Instant> {
+        *self.deadline.borrow()
+    }
+
+    /// Fires the fence: every lease in `registry` is lost and quarantined; the deadline clears.
+    pub fn fire(&self, registry: &LeaseRegistry, why: &str) {
+        let held = registry.all();
+        {
+            let mut quarantined = lock(&self.quarantined);
+            for lease in &held {
+                // One write of this worker may still be in flight and land: counter + 1.
+                quarantined.insert(lease.key.clone(), lease.counter() + 1);
+            }
+        }
+        for lease in &held {
+            lease.mark_lost(why);
+        }
+        self.set_deadline(None);
+    }
+
+    /// Whether discovery must leave `lease` alone: it was quarantined by the fence and nobody else
+    /// has written it since. Forgets quarantines that no longer apply.
+    pub fn is_quarantined(&self, lease: &Lease, me: &str) -> bool {
+        let mut quarantined = lock(&self.quarantined);
+        match quarantined.get(&lease.lease_key) {
+            Some(&limit) if lease.is_owned_by(me) && lease.lease_counter <= limit => true,
+            Some(_) => {
+                quarantined.remove(&lease.lease_key);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Waits for the deadline and fires the fence on `registry`; runs until cancelled.
+    pub async fn run(&self, registry: &LeaseRegistry) {
+        let mut deadline = self.deadline.subscribe();
+        loop {
+            let current = *deadline.borrow_and_update();
+            match current {
+                Some(at) if Instant::now() >= at => {
+                    self.fire(registry, "the leader lock was not heartbeated for its lease duration");
+                }
+                Some(at) => {
+                    tokio::select! {
+                        () = sleep_until(at) => {}
+                        changed = deadline.changed() => if changed.is_err() { return },
+                    }
+                }
+                None => {
+                    if deadline.changed().await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// A lease this worker holds.
 #[derive(Debug)]
 pub(crate) struct HeldLease {
-    /// The lease key (the shard id).
+    /// The lease key.
     pub key: String,
     /// The shard.
     pub shard_id: ShardId,
     worker_id: Arc<str>,
     lease_duration: Duration,
-    view: tokio::sync::Mutex<Lease>,
+    view: tokio::sync::Mutex<View>,
     status: Mutex<Status>,
+    fencing: Arc<Fencing>,
     /// User-data bytes delivered to the processor (for the throughput sample).
     pub bytes_delivered: AtomicU64,
     /// Cancelled when the lease is lost (or the worker is killed): stop at once.
@@ -100,25 +256,28 @@ pub(crate) struct HeldLease {
     pub stop: CancellationToken,
 }
 
+/// The tokens and settings a held lease shares with its worker.
+pub(crate) struct HeldLeaseContext<'a> {
+    pub worker_id: Arc<str>,
+    pub lease_duration: Duration,
+    pub abort: &'a CancellationToken,
+    pub shutdown: &'a CancellationToken,
+    pub fencing: Arc<Fencing>,
+}
+
 impl HeldLease {
-    /// Wraps a lease read from the store. `abort` and `shutdown` are the worker's tokens.
-    pub fn new(
-        lease: Lease,
-        worker_id: Arc<str>,
-        lease_duration: Duration,
-        abort: &CancellationToken,
-        shutdown: &CancellationToken,
-    ) -> Self {
+    /// Wraps a lease read from the store, for `shard_id` (the shard its key names).
+    pub fn new(lease: Lease, shard_id: ShardId, worker: HeldLeaseContext<'_>) -> Self {
         let now = Instant::now();
-        let shard_id = ShardId::new(&lease.lease_key).unwrap_or_else(|_| ShardId::from_index(0));
+        let lease_duration = worker.lease_duration;
         HeldLease {
             key: lease.lease_key.clone(),
             shard_id,
-            worker_id,
+            worker_id: worker.worker_id,
             lease_duration,
             status: Mutex::new(Status {
                 // Not renewed yet: the first renewal happens before processing starts.
-                last_renewed: now.checked_sub(lease_duration).unwrap_or(now),
+                last_renewed: None,
                 handoff_to: None,
                 stop_requested_at: None,
                 released: false,
@@ -126,17 +285,19 @@ impl HeldLease {
                 bytes_at_last_sample: 0,
                 last_sample_at: now,
                 checkpoint: lease.checkpoint.clone(),
+                counter: lease.lease_counter,
             }),
-            view: tokio::sync::Mutex::new(lease),
+            view: tokio::sync::Mutex::new(View { lease, unanswered: Vec::new() }),
+            fencing: worker.fencing,
             bytes_delivered: AtomicU64::new(0),
-            lost: abort.child_token(),
-            stop: shutdown.child_token(),
+            lost: worker.abort.child_token(),
+            stop: worker.shutdown.child_token(),
         }
     }
 
     /// The latest view of the lease.
     pub async fn snapshot(&self) -> Lease {
-        self.view.lock().await.clone()
+        self.view.lock().await.lease.clone()
     }
 
     /// The checkpoint as last written or read.
@@ -144,9 +305,54 @@ impl HeldLease {
         lock(&self.status).checkpoint.clone()
     }
 
+    /// The counter as last written or read.
+    pub fn counter(&self) -> u64 {
+        lock(&self.status).counter
+    }
+
     /// Whether the lease is lost.
     pub fn is_lost(&self) -> bool {
         self.lost.is_cancelled()
+    }
+
+    /// The instant this worker stops holding the lease unless a write lands before: a lease
+    /// duration after its last landed write was sent, and no later than the leader fence.
+    /// `None` before the first renewal (the lease is not held yet).
+    pub fn local_expiry(&self) -> Option<Instant> {
+        let own = lock(&self.status).last_renewed? + self.lease_duration;
+        Some(match self.fencing.deadline() {
+            Some(fence) => own.min(fence),
+            None => own,
+        })
+    }
+
+    /// Whether the lease is lost, marking it lost first when its local expiry has passed.
+    pub fn expire_if_due(&self) -> bool {
+        if !self.is_lost() && self.local_expiry().is_some_and(|at| Instant::now() >= at) {
+            self.mark_lost("not renewed for a lease duration on this worker's clock");
+        }
+        self.is_lost()
+    }
+
+    /// Marks the lease lost once its local expiry passes (see the module docs); never returns.
+    pub async fn watch_expiry(&self) {
+        let mut fence = self.fencing.deadline.subscribe();
+        loop {
+            if self.is_lost() || lock(&self.status).released {
+                return std::future::pending().await;
+            }
+            if self.expire_if_due() {
+                continue;
+            }
+            let Some(at) = self.local_expiry() else {
+                // Not renewed yet: nothing to watch until it is.
+                return std::future::pending().await;
+            };
+            tokio::select! {
+                () = sleep_until(at) => {}
+                changed = fence.changed() => if changed.is_err() { sleep_until(at).await },
+            }
+        }
     }
 
     /// The next owner while a graceful handoff is in progress.
@@ -163,8 +369,9 @@ impl HeldLease {
         status.stop_requested_at
     }
 
-    /// Marks the lease lost and stops the shard at once. Call with the view mutex held.
-    fn mark_lost(&self, why: &str) {
+    /// Marks the lease lost and stops the shard at once. Writes check the token under the view
+    /// mutex, so a loss seen by a write stops every later write.
+    pub fn mark_lost(&self, why: &str) {
         if !self.lost.is_cancelled() {
             tracing::warn!(lease = %self.key, why, "lease lost; stopping the shard");
             self.lost.cancel();
@@ -175,21 +382,23 @@ impl HeldLease {
         owner == Some(&*self.worker_id)
     }
 
-    /// Whether a conflicting item shows a graceful handoff away from this worker.
+    /// Whether an item shows a graceful handoff away from this worker.
     fn shows_handoff(&self, current: &Lease) -> bool {
         self.is_me(current.checkpoint_owner.as_deref()) && !self.is_me(current.lease_owner.as_deref())
     }
 
-    /// Adopts an item that shows a handoff and asks the shard to stop gracefully.
-    fn enter_handoff(&self, view: &mut Lease, current: Lease) {
-        let next = current.lease_owner.clone().unwrap_or_default();
-        tracing::info!(lease = %self.key, next_owner = %next, "graceful handoff requested by the leader");
-        *view = current;
+    /// Asks the shard to stop gracefully for a handoff shown by `lease` (once).
+    fn enter_handoff(&self, lease: &Lease) {
+        let next = lease.lease_owner.clone().unwrap_or_default();
         {
             let mut status = lock(&self.status);
-            status.handoff_to = Some(next);
+            if status.handoff_to.is_some() {
+                return;
+            }
+            status.handoff_to = Some(next.clone());
             status.stop_requested_at.get_or_insert_with(Instant::now);
         }
+        tracing::info!(lease = %self.key, next_owner = %next, "graceful handoff requested by the leader");
         self.stop.cancel();
     }
 
@@ -209,105 +418,167 @@ impl HeldLease {
         status.throughput_kbps
     }
 
-    fn renewed(&self, at: Instant, lease: &Lease) {
-        let mut status = lock(&self.status);
-        status.last_renewed = at;
-        status.checkpoint = lease.checkpoint.clone();
+    /// Adopts `lease` as the view. `landed`: the sending time of this worker's write that is known
+    /// to have left the item so (it moves the local expiry); `None` for an item read back from a
+    /// refused write. Enters a handoff the item shows.
+    fn adopt(&self, view: &mut View, lease: Lease, landed: Option<Instant>) {
+        {
+            let mut status = lock(&self.status);
+            if let Some(sent_at) = landed {
+                status.last_renewed = Some(status.last_renewed.map_or(sent_at, |last| last.max(sent_at)));
+            }
+            status.checkpoint = lease.checkpoint.clone();
+            status.counter = lease.lease_counter;
+        }
+        if self.shows_handoff(&lease) {
+            self.enter_handoff(&lease);
+        }
+        view.adopt(lease);
+    }
+
+    /// Sends one kind of write from the view, with the recovery rules of the module docs.
+    /// `attempt` makes the store call from the view and a fresh token (`None`: nothing to write);
+    /// `done` says whether an item adopted from a proven earlier write of the given kind already
+    /// is what this write wants (then it is not sent again).
+    async fn send<Fut>(
+        &self,
+        view: &mut View,
+        kind: WriteKind,
+        mut attempt: impl FnMut(&Lease, WriteToken) -> Option<Fut>,
+        done: impl Fn(&Lease, WriteKind) -> bool,
+    ) -> Result<Option<Lease>, WriteError>
+    where
+        Fut: Future<Output = Result<Lease, StoreError>>,
+    {
+        // A proven earlier write and a handoff may each be adopted once before the write itself.
+        for _ in 0..3 {
+            let token = WriteToken::new();
+            let sent_at = Instant::now();
+            let Some(call) = attempt(&view.lease, token.clone()) else { return Ok(None) };
+            match call.await {
+                Ok(lease) => {
+                    self.adopt(view, lease.clone(), Some(sent_at));
+                    return Ok(Some(lease));
+                }
+                Err(StoreError::LeaseLost { current: Some(current) }) => {
+                    let current = *current;
+                    if let Some((earlier, earlier_kind)) = view.proven(&current) {
+                        tracing::debug!(lease = %self.key, ?earlier_kind, "an earlier write whose reply was lost had landed");
+                        self.adopt(view, current.clone(), Some(earlier));
+                        if done(&current, earlier_kind) {
+                            return Ok(Some(current));
+                        }
+                    } else if self.shows_handoff(&current) {
+                        self.adopt(view, current, None);
+                    } else {
+                        self.mark_lost("a write was refused: the lease changed");
+                        return Err(WriteError::Lost);
+                    }
+                }
+                Err(StoreError::LeaseLost { current: None }) => {
+                    self.mark_lost("a write was refused: the lease is gone");
+                    return Err(WriteError::Lost);
+                }
+                Err(e) => {
+                    view.remember(token, sent_at, kind);
+                    return Err(WriteError::Store(e));
+                }
+            }
+        }
+        self.mark_lost("the lease kept changing under this worker's writes");
+        Err(WriteError::Lost)
     }
 
     /// Renews the lease (see the module docs for the outcomes).
     pub async fn renew(&self, store: &dyn LeaseStore) -> RenewOutcome {
         let mut view = self.view.lock().await;
-        if self.is_lost() {
+        if self.is_lost() || lock(&self.status).released {
             return RenewOutcome::Gone;
         }
-        if lock(&self.status).released {
-            return RenewOutcome::Gone;
+        if self.expire_if_due() {
+            return RenewOutcome::Lost;
         }
-        let started = Instant::now();
-        let throughput = self.throughput_sample(started);
-        // At most two attempts: the second after adopting a handoff shown by the first.
-        for _ in 0..2 {
-            match store.renew_lease(&view, throughput).await {
-                Ok(lease) => {
-                    self.renewed(started, &lease);
-                    *view = lease;
-                    return if self.handoff_to().is_some() { RenewOutcome::Handoff } else { RenewOutcome::Renewed };
-                }
-                Err(StoreError::LeaseLost { current: Some(current) }) if self.shows_handoff(&current) => {
-                    self.enter_handoff(&mut view, *current);
-                }
-                Err(StoreError::LeaseLost { current: Some(current) })
-                    if self.is_me(current.lease_owner.as_deref())
-                        && current.checkpoint_owner == view.checkpoint_owner
-                        && current.lease_counter == view.lease_counter + 1 =>
-                {
-                    // Our previous write took effect although its answer was lost.
-                    self.renewed(started, &current);
-                    *view = *current;
-                    return RenewOutcome::Renewed;
-                }
-                Err(StoreError::LeaseLost { .. }) => {
-                    self.mark_lost("renewal refused: the lease changed");
-                    return RenewOutcome::Lost;
-                }
-                Err(e) => {
-                    let last = lock(&self.status).last_renewed;
-                    if Instant::now().saturating_duration_since(last) >= self.lease_duration {
-                        self.mark_lost("not renewed for a lease duration on this worker's clock");
-                        return RenewOutcome::Lost;
-                    }
-                    return RenewOutcome::Failed(e);
-                }
-            }
+        let throughput = self.throughput_sample(Instant::now());
+        let result = self
+            .send(
+                &mut view,
+                WriteKind::Renew,
+                |lease, token| {
+                    let lease = lease.clone();
+                    Some(async move { store.renew_lease(&lease, throughput, &token).await })
+                },
+                // An earlier renewal or checkpoint that landed is a renewal, but an older one:
+                // renew again from it.
+                |_, _| false,
+            )
+            .await;
+        match result {
+            Ok(_) if self.handoff_to().is_some() => RenewOutcome::Handoff,
+            Ok(_) => RenewOutcome::Renewed,
+            Err(WriteError::Lost) => RenewOutcome::Lost,
+            Err(WriteError::Released) => RenewOutcome::Gone,
+            Err(WriteError::Store(e)) => RenewOutcome::Failed(e),
         }
-        RenewOutcome::Handoff
     }
 
     /// Writes a change of the lease (a checkpoint) built from the current view by `build`.
-    /// The write requires the counter and owner of the view; a conflict that shows a graceful
-    /// handoff is adopted and the write retried once; any other conflict loses the lease.
+    /// The write requires the counter and owner of the view. One transient failure is retried at
+    /// once, so a lost reply to a write that landed is recognised by its token rather than
+    /// reported.
     pub async fn write<E>(
         &self,
         store: &dyn LeaseStore,
         mut build: impl FnMut(&Lease) -> Result<Lease, E>,
     ) -> Result<Result<Lease, E>, WriteError> {
         let mut view = self.view.lock().await;
-        if self.is_lost() {
+        if self.is_lost() || self.expire_if_due() {
             return Err(WriteError::Lost);
         }
         if lock(&self.status).released {
             return Err(WriteError::Released);
         }
+        let mut invalid = None;
+        let wanted: Mutex<Option<Lease>> = Mutex::new(None);
+        let mut outcome = Err(WriteError::Lost);
         for _ in 0..2 {
-            let updated = match build(&view) {
-                Ok(updated) => updated,
-                Err(e) => return Ok(Err(e)),
-            };
-            let started = Instant::now();
-            match store.update_lease(&updated).await {
-                Ok(lease) => {
-                    self.renewed(started, &lease);
-                    *view = lease.clone();
-                    return Ok(Ok(lease));
-                }
-                Err(StoreError::LeaseLost { current: Some(current) }) if self.shows_handoff(&current) => {
-                    self.enter_handoff(&mut view, *current);
-                }
-                Err(StoreError::LeaseLost { .. }) => {
-                    self.mark_lost("checkpoint refused: the lease changed");
-                    return Err(WriteError::Lost);
-                }
-                Err(e) => return Err(WriteError::Store(e)),
+            outcome = self
+                .send(
+                    &mut view,
+                    WriteKind::Update,
+                    |lease, token| match build(lease) {
+                        Ok(updated) => {
+                            *lock(&wanted) = Some(updated.clone());
+                            Some(async move { store.update_lease(&updated, &token).await })
+                        }
+                        Err(e) => {
+                            invalid = Some(e);
+                            None
+                        }
+                    },
+                    |current, kind| {
+                        kind == WriteKind::Update && lock(&wanted).as_ref().is_some_and(|w| same_progress(w, current))
+                    },
+                )
+                .await;
+            if let Some(e) = invalid.take() {
+                return Ok(Err(e));
+            }
+            match &outcome {
+                Err(WriteError::Store(e)) if e.is_retryable() => continue,
+                _ => break,
             }
         }
-        Err(WriteError::Lost)
+        match outcome {
+            Ok(Some(lease)) => Ok(Ok(lease)),
+            Ok(None) => Err(WriteError::Lost),
+            Err(e) => Err(e),
+        }
     }
 
     /// Changes the local view without writing (child shard ids recorded before the final
     /// checkpoint writes them).
     pub async fn edit_view(&self, edit: impl FnOnce(&mut Lease)) {
-        edit(&mut *self.view.lock().await);
+        edit(&mut self.view.lock().await.lease);
     }
 
     /// Lets go of the lease: assigns it to the next owner during a handoff, else evicts it (the
@@ -320,26 +591,44 @@ impl HeldLease {
         if lock(&self.status).released {
             return Ok(());
         }
-        let result = match view.checkpoint_owner.as_deref() {
-            Some(cpo) if cpo == &*self.worker_id => match view.lease_owner.clone() {
-                Some(next) => store.assign_lease(&view, &next).await,
-                None => store.evict_lease(&view).await,
-            },
-            _ => store.evict_lease(&view).await,
-        };
+        let me = self.worker_id.clone();
+        let result = self
+            .send(
+                &mut view,
+                WriteKind::Release,
+                |lease, token| {
+                    let handing_to = match lease.checkpoint_owner.as_deref() {
+                        Some(cpo) if cpo == &*me => lease.lease_owner.clone(),
+                        _ => None,
+                    };
+                    let lease = lease.clone();
+                    Some(async move {
+                        match handing_to {
+                            Some(next) => store.assign_lease(&lease, &next, &token).await,
+                            None => store.evict_lease(&lease, &token).await,
+                        }
+                    })
+                },
+                |_, kind| kind == WriteKind::Release,
+            )
+            .await;
         match result {
-            Ok(lease) => {
-                *view = lease;
+            Ok(_) => {
                 lock(&self.status).released = true;
                 Ok(())
             }
-            Err(StoreError::LeaseLost { .. }) => {
-                self.mark_lost("release refused: the lease changed");
-                Err(WriteError::Lost)
-            }
-            Err(e) => Err(WriteError::Store(e)),
+            Err(e) => Err(e),
         }
     }
+}
+
+/// Whether `current` already holds the progress `wanted` writes (checkpoint, pending checkpoint
+/// and its state, children).
+fn same_progress(wanted: &Lease, current: &Lease) -> bool {
+    wanted.checkpoint == current.checkpoint
+        && wanted.pending_checkpoint == current.pending_checkpoint
+        && wanted.pending_checkpoint_state == current.pending_checkpoint_state
+        && wanted.child_shard_ids == current.child_shard_ids
 }
 
 /// The leases a worker holds, by key.
@@ -430,15 +719,24 @@ mod tests {
     use kinesis_core::ExtendedSequenceNumber;
 
     use super::*;
+    use crate::lease::WriteToken;
     use crate::store::memory::MemoryLeaseStore;
 
     async fn held(store: &MemoryLeaseStore, worker: &str) -> (HeldLease, CancellationToken) {
         let lease = Lease::new("shardId-000000000001", ExtendedSequenceNumber::TrimHorizon);
         store.create_lease_if_not_exists(&lease).await.expect("create");
-        let taken = store.take_lease(&lease, worker).await.expect("take");
+        let taken = store.take_lease(&lease, worker, &WriteToken::new()).await.expect("take");
         let abort = CancellationToken::new();
         let shutdown = CancellationToken::new();
-        (HeldLease::new(taken, Arc::from(worker), Duration::from_secs(10), &abort, &shutdown), abort)
+        let shard_id = ShardId::from_index(1);
+        let worker = HeldLeaseContext {
+            worker_id: Arc::from(worker),
+            lease_duration: Duration::from_secs(10),
+            abort: &abort,
+            shutdown: &shutdown,
+            fencing: Arc::new(Fencing::default()),
+        };
+        (HeldLease::new(taken, shard_id, worker), abort)
     }
 
     #[tokio::test(start_paused = true)]
@@ -458,7 +756,7 @@ mod tests {
         let store = MemoryLeaseStore::new();
         let (lease, _abort) = held(&store, "w1").await;
         let current = store.get_lease(&lease.key).await.expect("get").expect("exists");
-        store.take_lease(&current, "w2").await.expect("steal");
+        store.take_lease(&current, "w2", &WriteToken::new()).await.expect("steal");
         assert!(matches!(lease.renew(&store).await, RenewOutcome::Lost));
         assert!(lease.lost.is_cancelled());
         let write = lease.write(&store, |l| Ok::<_, ()>(l.clone())).await;
@@ -470,7 +768,7 @@ mod tests {
         let store = MemoryLeaseStore::new();
         let (lease, _abort) = held(&store, "w1").await;
         let current = store.get_lease(&lease.key).await.expect("get").expect("exists");
-        store.initiate_handoff(&current, "w2").await.expect("handoff");
+        store.initiate_handoff(&current, "w2", &WriteToken::new()).await.expect("handoff");
         assert!(matches!(lease.renew(&store).await, RenewOutcome::Handoff));
         assert!(lease.stop.is_cancelled());
         assert!(!lease.lost.is_cancelled());
@@ -480,6 +778,81 @@ mod tests {
         let stored = store.get_lease(&lease.key).await.expect("get").expect("exists");
         assert_eq!(stored.lease_owner.as_deref(), Some("w2"));
         assert_eq!(stored.checkpoint_owner, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_reply_to_a_checkpoint_is_recognised_by_its_token() {
+        use crate::store::faults::{StoreFaultRule, StoreFaults, StoreOperation, WithFaults};
+        let shared = MemoryLeaseStore::new();
+        let faults = Arc::new(StoreFaults::new(3));
+        let store = WithFaults::new(shared.clone(), faults.clone());
+        let (lease, _abort) = held(&shared, "w1").await;
+        assert!(matches!(lease.renew(&store).await, RenewOutcome::Renewed));
+        faults.add(StoreFaultRule::on(StoreOperation::UpdateLease).lose_reply().times(1));
+        let at = kinesis_core::ExtendedSequenceNumber::at(kinesis_core::SequenceNumber::from_u128(42));
+        let written = lease
+            .write(&store, |l| {
+                let mut next = l.clone();
+                next.checkpoint = at.clone();
+                Ok::<_, ()>(next)
+            })
+            .await;
+        assert!(matches!(written, Ok(Ok(_))), "the retry recognises the landed write: {written:?}");
+        let stored = shared.get_lease(&lease.key).await.expect("get").expect("exists");
+        assert_eq!(stored.checkpoint, at);
+        assert_eq!(stored.lease_counter, 3, "written once: take, renewal, checkpoint");
+        assert!(!lease.is_lost());
+        assert!(matches!(lease.renew(&store).await, RenewOutcome::Renewed));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn another_workers_write_is_never_taken_for_our_own() {
+        use crate::store::faults::{StoreFaultRule, StoreFaults, StoreOperation, WithFaults};
+        let shared = MemoryLeaseStore::new();
+        let faults = Arc::new(StoreFaults::new(4));
+        let store = WithFaults::new(shared.clone(), faults.clone());
+        let (lease, _abort) = held(&shared, "w1").await;
+        assert!(matches!(lease.renew(&store).await, RenewOutcome::Renewed));
+        // w1's renewal is throttled: nothing is written.
+        faults.add(StoreFaultRule::on(StoreOperation::RenewLease).throttle().times(1));
+        assert!(matches!(lease.renew(&store).await, RenewOutcome::Failed(StoreError::Throttled { .. })));
+        // The leader gives the lease to w2: counter + 1, exactly what w1's renewal would have left.
+        let current = shared.get_lease(&lease.key).await.expect("get").expect("exists");
+        let assigned = shared.assign_lease(&current, "w2", &WriteToken::new()).await.expect("assign");
+        assert_eq!(assigned.lease_counter, current.lease_counter + 1);
+        assert!(matches!(lease.renew(&store).await, RenewOutcome::Lost));
+        let write = lease.write(&store, |l| Ok::<_, ()>(l.clone())).await;
+        assert!(matches!(write, Err(WriteError::Lost)));
+        let stored = shared.get_lease(&lease.key).await.expect("get").expect("exists");
+        assert_eq!(stored, assigned, "w1 wrote nothing on w2's lease");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_leader_fence_bounds_every_held_lease() {
+        let store = MemoryLeaseStore::new();
+        let (lease, _abort) = held(&store, "w1").await;
+        assert!(matches!(lease.renew(&store).await, RenewOutcome::Renewed));
+        let fence = lease.fencing.clone();
+        fence.set_deadline(Some(Instant::now() + Duration::from_secs(3)));
+        assert_eq!(lease.local_expiry(), Some(Instant::now() + Duration::from_secs(3)));
+        let registry = LeaseRegistry::default();
+        let lease = Arc::new(lease);
+        registry.insert(lease.clone());
+        let watcher = tokio::spawn({
+            let fence = fence.clone();
+            async move { fence.run(&registry).await }
+        });
+        tokio::time::sleep(Duration::from_millis(2999)).await;
+        assert!(!lease.is_lost());
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        tokio::task::yield_now().await;
+        assert!(lease.is_lost(), "the fence fired at its deadline");
+        let stored = store.get_lease(&lease.key).await.expect("get").expect("exists");
+        assert!(fence.is_quarantined(&stored, "w1"), "not taken up again until someone else writes it");
+        let moved = store.take_lease(&stored, "w2", &WriteToken::new()).await.expect("take");
+        let back = store.assign_lease(&moved, "w1", &WriteToken::new()).await.expect("assign back");
+        assert!(!fence.is_quarantined(&back, "w1"));
+        watcher.abort();
     }
 
     #[tokio::test(start_paused = true)]

@@ -111,6 +111,7 @@
 pub mod assignment;
 pub mod checkpointer;
 pub mod config;
+mod context;
 pub mod error;
 pub mod leader;
 pub mod lease;

@@ -104,10 +104,14 @@ fn decide<'a>(
     }
     // Provisional, against cycles.
     decisions.insert(id, Decision::Skipped);
+    // A lease whose shard is no longer listed (expired past retention) still makes its children
+    // children of resharding: they start at TRIM_HORIZON, never at the initial position.
+    if existing.contains(id) {
+        decisions.insert(id, Decision::Existing);
+        return Decision::Existing;
+    }
     let Some(shard) = by_id.get(id) else { return Decision::Skipped };
-    let decision = if existing.contains(id) {
-        Decision::Existing
-    } else if shard.is_closed() && has_leased_descendant(id, children, existing, leased_descendant) {
+    let decision = if shard.is_closed() && has_leased_descendant(id, children, existing, leased_descendant) {
         Decision::Skipped
     } else {
         let parents: Vec<Decision> = shard
@@ -233,6 +237,17 @@ mod tests {
         let created =
             leases_to_create(&shards, &HashSet::new(), InitialPosition::AtTimestamp(std::time::SystemTime::UNIX_EPOCH));
         assert!(created.iter().all(|l| l.checkpoint == ExtendedSequenceNumber::AtTimestamp));
+    }
+
+    #[test]
+    fn children_of_a_leased_parent_that_expired_start_at_trim_horizon() {
+        // 0 split into 1 and 2 and expired past retention: the listing no longer shows it, but
+        // its unfinished lease is still there.
+        let existing: HashSet<String> = [id(0)].into_iter().collect();
+        let shards = vec![shard(1, &[0], false), shard(2, &[0], false)];
+        let created = leases_to_create(&shards, &existing, InitialPosition::Latest);
+        let th = ExtendedSequenceNumber::TrimHorizon;
+        assert_eq!(keys(&created), vec![(id(1), th.clone()), (id(2), th)]);
     }
 
     #[test]

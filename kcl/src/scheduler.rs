@@ -37,159 +37,27 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use kinesis_core::{Kinesis, StreamRef};
 use tokio::sync::watch;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::config::{InitialPosition, RetrievalMode, SchedulerConfig};
-use crate::error::{KclError, ShardError};
+pub use crate::context::{SchedulerState, ShardPhase, ShardStatus};
+use crate::context::{WallClock, WorkerContext};
+use crate::error::KclError;
 use crate::leader::Leader;
-use crate::lease_renewer::{LeaseRegistry, LeaseRenewer};
+use crate::lease_renewer::{Fencing, LeaseRegistry, LeaseRenewer};
 use crate::metrics::WorkerMetricHandles;
 use crate::processor::ShardRecordProcessorFactory;
 use crate::retrieval::fanout::FanOutConsumer;
+use crate::store::deadline::{Timeout, WithTimeout};
 use crate::store::memory::{MemoryCoordinatorStore, MemoryLeaseStore, MemoryWorkerMetricsStore};
 use crate::store::{CoordinatorStore, LeaseStore, WorkerMetricsStore};
 use crate::{lease_discovery, worker_metrics};
-
-/// Where a held shard is in its lifecycle.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum ShardPhase {
-    /// Waiting until every parent shard is finished.
-    #[default]
-    WaitingOnParents,
-    /// Calling the processor's `initialize`.
-    Initializing,
-    /// Delivering records.
-    Processing,
-    /// `shutdown_requested` (handoff or worker shutdown) and release.
-    ShuttingDown,
-    /// The shard ended: `shard_ended` and release.
-    ShardEnded,
-}
-
-/// A held shard as the scheduler reports it.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct ShardStatus {
-    /// Lifecycle phase.
-    pub phase: ShardPhase,
-    /// The last read's distance from the tip of the shard (the lag), ms.
-    pub millis_behind_latest: Option<u64>,
-    /// Records accepted by the processor since this worker took the lease.
-    pub records_processed: u64,
-    /// The current error, if any.
-    pub error: Option<ShardError>,
-}
-
-/// A snapshot of a worker: what it holds, how far behind each shard is, and errors.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct SchedulerState {
-    /// The worker's id.
-    pub worker_id: String,
-    /// Whether the worker is the leader.
-    pub is_leader: bool,
-    /// Held shards by lease key.
-    pub shards: BTreeMap<String, ShardStatus>,
-    /// Shards this worker stopped after a processing error (and released), with the error;
-    /// cleared when the worker takes the shard again.
-    pub stopped_shards: BTreeMap<String, ShardError>,
-}
-
-/// Wall-clock time derived from tokio's clock (so paused-time tests control it too).
-#[derive(Debug)]
-pub(crate) struct WallClock {
-    anchor_system: SystemTime,
-    anchor: Instant,
-}
-
-impl WallClock {
-    fn new() -> Self {
-        WallClock { anchor_system: SystemTime::now(), anchor: Instant::now() }
-    }
-
-    pub fn now(&self) -> SystemTime {
-        self.anchor_system + Instant::now().saturating_duration_since(self.anchor)
-    }
-
-    pub fn now_secs(&self) -> u64 {
-        self.now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
-    }
-}
-
-/// Everything a worker's tasks share.
-pub(crate) struct WorkerContext {
-    pub worker_id: Arc<str>,
-    pub stream: StreamRef,
-    pub kinesis: Arc<dyn Kinesis>,
-    pub lease_store: Arc<dyn LeaseStore>,
-    pub coordinator_store: Arc<dyn CoordinatorStore>,
-    pub metrics_store: Arc<dyn WorkerMetricsStore>,
-    pub factory: Arc<dyn ShardRecordProcessorFactory>,
-    pub config: Arc<SchedulerConfig>,
-    pub initial_position: InitialPosition,
-    pub retrieval: RetrievalMode,
-    pub fanout: Option<Arc<FanOutConsumer>>,
-    pub registry: Arc<LeaseRegistry>,
-    pub state: watch::Sender<SchedulerState>,
-    /// Crash: every task stops at once, nothing is released.
-    pub abort: CancellationToken,
-    /// Graceful shutdown: shards checkpoint and release, the leader resigns.
-    pub shutdown: CancellationToken,
-    /// Stops the renewer once every shard has let go.
-    stop_renewer: CancellationToken,
-    pub tracker: TaskTracker,
-    pub metrics: WorkerMetricHandles,
-    pub wall: WallClock,
-}
-
-impl WorkerContext {
-    pub fn at_timestamp(&self) -> Option<SystemTime> {
-        match self.initial_position {
-            InitialPosition::AtTimestamp(t) => Some(t),
-            _ => None,
-        }
-    }
-
-    pub fn update_shard(&self, key: &str, change: impl FnOnce(&mut ShardStatus)) {
-        self.state.send_if_modified(|s| match s.shards.get_mut(key) {
-            Some(status) => {
-                change(status);
-                true
-            }
-            None => false,
-        });
-    }
-
-    pub fn add_shard(&self, key: &str) {
-        self.state.send_modify(|s| {
-            s.shards.insert(key.to_owned(), ShardStatus::default());
-            s.stopped_shards.remove(key);
-        });
-    }
-
-    pub fn remove_shard(&self, key: &str) {
-        self.state.send_modify(|s| {
-            s.shards.remove(key);
-        });
-    }
-
-    pub fn record_failure(&self, key: &str, error: ShardError) {
-        self.state.send_modify(|s| {
-            s.stopped_shards.insert(key.to_owned(), error);
-        });
-    }
-
-    pub fn set_leader(&self, leader: bool) {
-        self.state.send_if_modified(|s| std::mem::replace(&mut s.is_leader, leader) != leader);
-    }
-}
 
 /// Builds a [`Scheduler`]; start from [`Scheduler::builder`].
 ///
@@ -300,6 +168,11 @@ impl SchedulerBuilder {
         if config.lease_duration.is_zero() || config.renewal_interval() >= config.lease_duration {
             return Err(KclError::Config("the renewal interval must be shorter than the lease duration".into()));
         }
+        if config.store_call_timeout().is_zero() || config.store_call_timeout() >= config.lease_duration / 3 {
+            return Err(KclError::Config(
+                "the store call timeout must be positive and shorter than a third of the lease duration".into(),
+            ));
+        }
         if config.leader_heartbeat_interval >= config.leader_lock_duration {
             return Err(KclError::Config("the leader heartbeat must be shorter than the leader lock duration".into()));
         }
@@ -323,6 +196,11 @@ impl SchedulerBuilder {
         let (state, _) =
             watch::channel(SchedulerState { worker_id: worker_id.to_string(), ..SchedulerState::default() });
         let abort = CancellationToken::new();
+        // Every store call runs under the timeout, whatever the store (see `store::deadline`).
+        let timeout = Timeout(config.store_call_timeout());
+        let lease_store: Arc<dyn LeaseStore> = Arc::new(WithTimeout::new(lease_store, timeout));
+        let coordinator_store: Arc<dyn CoordinatorStore> = Arc::new(WithTimeout::new(coordinator_store, timeout));
+        let metrics_store: Arc<dyn WorkerMetricsStore> = Arc::new(WithTimeout::new(metrics_store, timeout));
         let ctx = WorkerContext {
             metrics: WorkerMetricHandles::new(&worker_id),
             worker_id,
@@ -339,6 +217,7 @@ impl SchedulerBuilder {
             registry: Arc::new(LeaseRegistry::default()),
             state,
             stop_renewer: abort.child_token(),
+            fencing: Arc::new(Fencing::default()),
             abort,
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
@@ -404,6 +283,17 @@ impl Scheduler {
         };
         ctx.tracker.spawn(renewer.run(ctx.stop_renewer.clone(), || false).instrument(span.clone()));
         ctx.tracker.spawn(lease_discovery::run(ctx.clone()).instrument(span.clone()));
+        let fence = ctx.clone();
+        ctx.tracker.spawn(
+            async move {
+                tokio::select! {
+                    () = fence.abort.cancelled() => {}
+                    () = fence.stop_renewer.cancelled() => {}
+                    () = fence.fencing.run(&fence.registry) => {}
+                }
+            }
+            .instrument(span.clone()),
+        );
         ctx.tracker.spawn(Leader::new(ctx.clone()).run().instrument(span));
         SchedulerHandle { ctx }
     }

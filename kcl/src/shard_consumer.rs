@@ -25,6 +25,7 @@ use tracing::Instrument;
 
 use crate::checkpointer::Checkpointer;
 use crate::config::{ProcessErrorPolicy, RetrievalMode};
+use crate::context::{ShardPhase, WorkerContext};
 use crate::error::ShardError;
 use crate::lease::Lease;
 use crate::lease_renewer::{HeldLease, WriteError};
@@ -34,7 +35,6 @@ use crate::processor::{
     ShutdownRequestedInput,
 };
 use crate::retrieval::{self, Batch, FetchContext};
-use crate::scheduler::{ShardPhase, WorkerContext};
 
 /// Starts the task for a newly held lease.
 pub(crate) fn spawn(ctx: Arc<WorkerContext>, lease: Arc<HeldLease>) {
@@ -45,7 +45,12 @@ pub(crate) fn spawn(ctx: Arc<WorkerContext>, lease: Arc<HeldLease>) {
         async move {
             ctx.metrics.taken_leases.increment(1);
             let consumer = ShardConsumer::new(ctx.clone(), lease.clone(), task_span);
-            consumer.run().await;
+            // The lease's local expiry is watched beside the shard's work, so it stops the shard
+            // on time even while a store call or the processor is slow.
+            tokio::select! {
+                () = consumer.run() => {}
+                () = lease.watch_expiry() => {}
+            }
             if lease.is_lost() && !ctx.abort.is_cancelled() {
                 ctx.metrics.lost_leases.increment(1);
             }
@@ -327,6 +332,10 @@ impl ShardConsumer {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
+            // Never a delivery past the lease's local expiry, even in the instant it passes.
+            if self.lease.expire_if_due() {
+                return Some(self.lost_exit());
+            }
             let input = ProcessRecordsInput {
                 records: &batch.records,
                 millis_behind_latest: batch.millis_behind_latest,

@@ -2,23 +2,64 @@
 //! ([`lineage::leases_to_create`](crate::lineage)). Run by the leader when it takes office and
 //! every `shard_sync_interval`; a shard reaching its end also creates its children's leases at
 //! once (in the shard consumer), so resharding does not wait for the periodic sync.
+//!
+//! It also cleans up garbage leases, as the Java KCL does: a lease whose shard is missing from
+//! the listing (the shard expired past retention, or never existed) is deleted once it has been
+//! missing from every listing for `garbage_lease_cleanup_delay`. The lease table is read *before*
+//! the shards are listed, so every lease judged was created before the listing began: a lease for
+//! a shard newer than the listing is never mistaken for garbage.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
+use tokio::time::Instant;
+
+use crate::context::WorkerContext;
 use crate::error::KclError;
 use crate::lineage;
-use crate::scheduler::WorkerContext;
 
-/// Lists shards and creates missing leases; returns how many were created.
-pub(crate) async fn sync(ctx: &WorkerContext) -> Result<usize, KclError> {
+/// What one sync did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Synced {
+    /// Leases created.
+    pub created: usize,
+    /// Garbage leases deleted.
+    pub deleted: usize,
+}
+
+/// The leases a leader found without a shard, and since when (its own clock).
+#[derive(Debug, Default)]
+pub(crate) struct GarbageLeases {
+    missing_since: HashMap<String, Instant>,
+}
+
+/// Lists shards, creates missing leases and deletes garbage leases.
+pub(crate) async fn sync(ctx: &WorkerContext, garbage: &mut GarbageLeases) -> Result<Synced, KclError> {
+    let leases = ctx.lease_store.list_leases().await?;
     let shards = ctx.kinesis.list_all_shards(&ctx.stream, None).await?;
-    let existing: HashSet<String> = ctx.lease_store.list_leases().await?.into_iter().map(|l| l.lease_key).collect();
-    let mut created = 0;
+    let now = Instant::now();
+    let existing: HashSet<String> = leases.iter().map(|l| l.lease_key.clone()).collect();
+    let mut synced = Synced::default();
     for lease in lineage::leases_to_create(&shards, &existing, ctx.initial_position) {
         if ctx.lease_store.create_lease_if_not_exists(&lease).await? {
             tracing::info!(lease = %lease.lease_key, checkpoint = %lease.checkpoint, "created lease");
-            created += 1;
+            synced.created += 1;
         }
     }
-    Ok(created)
+    let listed: HashSet<&str> = shards.iter().map(|s| s.shard_id.as_str()).collect();
+    let missing: HashSet<&str> = leases
+        .iter()
+        .filter(|l| l.shard_id().is_some() && !listed.contains(l.lease_key.as_str()))
+        .map(|l| l.lease_key.as_str())
+        .collect();
+    garbage.missing_since.retain(|key, _| missing.contains(key.as_str()));
+    for key in missing {
+        let since = *garbage.missing_since.entry(key.to_owned()).or_insert(now);
+        if now.saturating_duration_since(since) >= ctx.config.garbage_lease_cleanup_delay {
+            ctx.lease_store.delete_lease(key).await?;
+            garbage.missing_since.remove(key);
+            tracing::info!(lease = %key, "deleted a lease whose shard no longer exists");
+            synced.deleted += 1;
+        }
+    }
+    Ok(synced)
 }

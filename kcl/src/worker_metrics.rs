@@ -21,7 +21,7 @@ use std::time::Duration;
 use tokio::time::MissedTickBehavior;
 
 use crate::config::CpuMetrics;
-use crate::scheduler::WorkerContext;
+use crate::context::WorkerContext;
 use crate::store::WorkerMetrics;
 
 /// Samples kept in the row (the Java KCL's `noOfPersistedMetricsPerWorkerMetrics`).

@@ -124,7 +124,7 @@ async fn metrics_are_emitted_under_the_kcl_names() {
 
     // A lease taken away from the survivor is counted as lost.
     let lease = fleet.lease_table().await.into_iter().find(|l| l.is_owned_by(&survivor)).expect("a lease");
-    fleet.leases.take_lease(&lease, "thief").await.expect("steal");
+    fleet.leases.take_lease(&lease, "thief", &kcl::lease::WriteToken::new()).await.expect("steal");
     fleet.wait_for(Duration::from_secs(10), "the loss noticed", |f| f.processing()[&survivor].len() == 3).await;
     assert_eq!(recorder.counter(&w("LostLeases", &survivor)), 1);
     fleet.shutdown_all().await;

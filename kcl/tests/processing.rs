@@ -132,7 +132,7 @@ async fn a_lost_renewal_stops_the_shard_at_once() {
     sleep(Duration::from_secs(7)).await;
     // Another worker takes the lease while process_records is in flight.
     let lease = fleet.lease_table().await.remove(0);
-    fleet.leases.take_lease(&lease, "thief").await.expect("steal");
+    fleet.leases.take_lease(&lease, "thief", &kcl::lease::WriteToken::new()).await.expect("steal");
     let stolen_at = Instant::now();
     fleet
         .wait_for(Duration::from_secs(10), "lease_lost", |f| {

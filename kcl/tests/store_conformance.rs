@@ -37,6 +37,11 @@ async fn graceful_handoff() {
 }
 
 #[tokio::test]
+async fn writes_carry_their_token() {
+    conformance::writes_carry_their_token(&MemoryLeaseStore::new()).await;
+}
+
+#[tokio::test]
 async fn evict_and_delete() {
     conformance::evict_and_delete(&MemoryLeaseStore::new()).await;
 }

@@ -10,8 +10,9 @@ use crate::sequence::SequenceNumber;
 
 /// A shard's id, `shardId-` followed by a 12-digit zero-padded index (`shardId-000000000007`).
 ///
-/// Cloning is cheap. Ids from a service are accepted as given (any non-empty text); ids built
-/// from an index use the service's naming.
+/// Cloning is cheap. Ids from a service are accepted as given when they fit the service's
+/// `ShardId` shape (1–128 characters of `[a-zA-Z0-9_.-]`); ids built from an index use the
+/// service's naming.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ShardId(Arc<str>);
 
@@ -24,10 +25,13 @@ impl ShardId {
         ShardId(Arc::from(format!("{}{index:012}", Self::PREFIX)))
     }
 
-    /// Wraps an id received from the service or a lease table.
+    /// Wraps an id received from the service or a lease table; fails on text that cannot be a
+    /// shard id (empty, over 128 characters, or a character outside `[a-zA-Z0-9_.-]`, such as
+    /// the `:` of a multi-stream lease key).
     pub fn new(id: impl AsRef<str>) -> Result<Self, ValidationError> {
         let id = id.as_ref();
-        if id.is_empty() || id.len() > 128 {
+        let valid_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
+        if id.is_empty() || id.len() > 128 || !id.chars().all(valid_char) {
             return Err(ValidationError::InvalidShardId { value: id.to_owned() });
         }
         Ok(ShardId(Arc::from(id)))
@@ -131,6 +135,13 @@ mod tests {
         assert!(ShardId::from_index(2) < ShardId::from_index(10));
         assert_eq!(ShardId::new("custom").map(|s| s.index()), Ok(None));
         assert!(ShardId::new("").is_err());
+        assert!(ShardId::new("x".repeat(129)).is_err());
+        assert!(
+            ShardId::new("123456789012:orders:1700000000:shardId-000000000001").is_err(),
+            "a multi-stream lease key"
+        );
+        assert!(ShardId::new("shard id").is_err());
+        assert!(ShardId::new("shard_id.v2-1").is_ok());
     }
 
     #[test]

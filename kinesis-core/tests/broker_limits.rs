@@ -240,6 +240,33 @@ async fn retention_trims_old_records_and_moves_trim_horizon() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_closed_shard_expires_after_the_retention_period() {
+    let (broker, stream) = broker_with_stream(BrokerConfig::default(), 1).await;
+    let parent = ShardId::from_index(0);
+    broker.put_records(&stream, vec![entry("k", "in-parent")]).await.expect("put");
+    let kept = broker.get_shard_iterator(&stream, &parent, StartingPosition::TrimHorizon).await.expect("iterator");
+    broker.split_shard(&stream, &parent, HashKeyRange::FULL.midpoint()).await.expect("split");
+    advance(Duration::from_secs(24 * 3600 - 60)).await;
+    let listed: Vec<ShardId> =
+        broker.list_all_shards(&stream, None).await.expect("list").into_iter().map(|s| s.shard_id).collect();
+    assert!(listed.contains(&parent), "closed but within retention: still listed");
+    broker.get_shard_iterator(&stream, &parent, StartingPosition::TrimHorizon).await.expect("still readable");
+    advance(Duration::from_secs(60)).await;
+    let listed: Vec<ShardId> =
+        broker.list_all_shards(&stream, None).await.expect("list").into_iter().map(|s| s.shard_id).collect();
+    assert_eq!(listed, vec![ShardId::from_index(1), ShardId::from_index(2)], "expired shards are not listed");
+    let err = broker.get_shard_iterator(&stream, &parent, StartingPosition::TrimHorizon).await.expect_err("expired");
+    assert!(matches!(err, KinesisError::ResourceNotFound { .. }), "{err:?}");
+    assert_eq!(err.message(), "Shard shardId-000000000000 in stream s under account 123456789012 does not exist");
+    assert!(broker.get_records(&kept, None).await.is_err(), "an old iterator of the expired shard reads nothing");
+    let arn = broker.describe_stream_summary(&stream).await.expect("summary").stream_arn;
+    let consumer = broker.register_stream_consumer(&arn, "c").await.expect("register").consumer_arn;
+    advance(Duration::from_secs(10)).await;
+    let subscribed = broker.subscribe_to_shard(&consumer, &parent, StartingPosition::TrimHorizon).await;
+    assert!(matches!(subscribed, Err(KinesisError::ResourceNotFound { .. })));
+}
+
+#[tokio::test(start_paused = true)]
 async fn millis_behind_latest_grows_with_time_while_data_waits() {
     let (broker, stream) = broker_with_stream(BrokerConfig::default(), 1).await;
     broker.put_records(&stream, vec![entry("k", "a"), entry("k", "b")]).await.expect("put");

@@ -134,6 +134,10 @@ pub(crate) async fn run(ctx: FetchContext, consumer: Arc<FanOutConsumer>, queue:
             Ok(events) => events,
             Err(e) => {
                 if e.is_not_found() {
+                    if let Some(children) = ctx.children_if_gone().await {
+                        let _ = queue.send(Batch::new(Vec::new(), 0, None, Some(children))).await;
+                        return;
+                    }
                     consumer.invalidate(&arn).await;
                 }
                 if matches!(e, KinesisError::ResourceInUse { .. }) || e.is_throttling() {

@@ -7,7 +7,9 @@
 //! slow processor slows reading and memory stays bounded; with fan-out, not pulling the
 //! subscription's next event is the backpressure.
 //!
-//! Both fetchers stop after delivering the shard's end (a batch carrying the child shards).
+//! Both fetchers stop after delivering the shard's end (a batch carrying the child shards). A shard
+//! the service no longer knows (expired past retention) ends the same way, with the children a
+//! shard listing shows ([`FetchContext::children_if_gone`]).
 
 pub(crate) mod deaggregate;
 pub(crate) mod fanout;
@@ -121,6 +123,35 @@ impl FetchContext {
 
     pub fn deaggregator(&self) -> deaggregate::Deaggregator {
         deaggregate::Deaggregator::new(self.hash_range, &self.checkpoint)
+    }
+
+    /// After a `ResourceNotFoundException` for the shard: whether the shard is gone — past the
+    /// stream's retention (the service no longer lists an expired shard) or otherwise absent from
+    /// a listing of a stream that exists — and if so its children, from that listing. A gone shard
+    /// is treated as ended, as the Java KCL does, so its children are not blocked forever.
+    pub async fn children_if_gone(&self) -> Option<Vec<ChildShard>> {
+        let shards = match self.kinesis.list_all_shards(&self.stream, None).await {
+            Ok(shards) => shards,
+            Err(e) => {
+                tracing::debug!(shard = %self.shard_id, error = %e, "listing shards to check for an expired shard failed");
+                return None;
+            }
+        };
+        if shards.iter().any(|s| s.shard_id == self.shard_id) {
+            return None;
+        }
+        tracing::info!(shard = %self.shard_id, "the shard no longer exists (past the retention period); treating it as ended");
+        Some(
+            shards
+                .iter()
+                .filter(|s| s.parents().any(|p| *p == self.shard_id))
+                .map(|s| ChildShard {
+                    shard_id: s.shard_id.clone(),
+                    parent_shards: s.parents().cloned().collect(),
+                    hash_key_range: s.hash_key_range,
+                })
+                .collect(),
+        )
     }
 
     /// Adds the de-aggregator's counts to the shard's metrics.

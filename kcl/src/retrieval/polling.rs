@@ -18,7 +18,8 @@
 //!   backoff — with a fresh iterator when the error is not retryable (an iterator the service
 //!   refused).
 //! * A read that returns no next iterator is the end of a closed shard: its last batch carries the
-//!   child shards and the fetcher stops.
+//!   child shards and the fetcher stops. So does a `GetShardIterator` answered with
+//!   `ResourceNotFoundException` for a shard a listing no longer shows (expired past retention).
 
 use std::time::Duration;
 
@@ -53,6 +54,12 @@ pub(crate) async fn run(ctx: FetchContext, queue: Prefetch, token: CancellationT
                 match result {
                     Ok(it) => it,
                     Err(e) => {
+                        if e.is_not_found()
+                            && let Some(children) = ctx.children_if_gone().await
+                        {
+                            let _ = queue.send(Batch::new(Vec::new(), 0, None, Some(children))).await;
+                            return;
+                        }
                         report_error(&ctx, &e, &mut reported);
                         if !pause(&token, backoff.next()).await {
                             return;

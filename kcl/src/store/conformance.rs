@@ -11,7 +11,7 @@ use bytes::Bytes;
 use kinesis_core::{ExtendedSequenceNumber, HashKeyRange, SequenceNumber};
 
 use super::{CoordinatorStore, LeaseStore, StoreError, WorkerMetrics, WorkerMetricsStore};
-use crate::lease::Lease;
+use crate::lease::{Lease, WriteToken};
 
 fn seq(n: u128) -> SequenceNumber {
     SequenceNumber::from_u128(n)
@@ -22,6 +22,11 @@ fn sample_lease(key: &str) -> Lease {
     lease.parent_shard_ids = vec!["shardId-000000000000".to_owned()];
     lease.hash_key_range = Some(HashKeyRange::FULL);
     lease
+}
+
+/// A fresh token for a write whose token the check does not look at.
+fn t() -> WriteToken {
+    WriteToken::new()
 }
 
 fn lost_current(result: Result<Lease, StoreError>) -> Option<Lease> {
@@ -53,12 +58,12 @@ pub async fn lease_create_get_list<S: LeaseStore>(store: &S) {
 pub async fn renew_requires_the_counter<S: LeaseStore>(store: &S) {
     let lease = sample_lease("shardId-000000000003");
     store.create_lease_if_not_exists(&lease).await.expect("create");
-    let taken = store.take_lease(&lease, "w1").await.expect("take");
+    let taken = store.take_lease(&lease, "w1", &t()).await.expect("take");
     assert_eq!(taken.lease_counter, 1);
-    let renewed = store.renew_lease(&taken, Some(12.5)).await.expect("renew");
+    let renewed = store.renew_lease(&taken, Some(12.5), &t()).await.expect("renew");
     assert_eq!(renewed.lease_counter, 2);
     assert_eq!(renewed.throughput_kbps, Some(12.5));
-    let current = lost_current(store.renew_lease(&taken, None).await).expect("item returned");
+    let current = lost_current(store.renew_lease(&taken, None, &t()).await).expect("item returned");
     assert_eq!(current.lease_counter, 2, "the failed condition returns the current item");
     let stored = store.get_lease(&lease.lease_key).await.expect("get").expect("exists");
     assert_eq!(stored.lease_counter, 2);
@@ -69,15 +74,15 @@ pub async fn renew_requires_the_counter<S: LeaseStore>(store: &S) {
 pub async fn take_fences_the_previous_owner<S: LeaseStore>(store: &S) {
     let lease = sample_lease("shardId-000000000004");
     store.create_lease_if_not_exists(&lease).await.expect("create");
-    let w1 = store.take_lease(&lease, "w1").await.expect("w1 takes");
+    let w1 = store.take_lease(&lease, "w1", &t()).await.expect("w1 takes");
     assert_eq!(w1.owner_switches_since_checkpoint, 1);
-    let w2 = store.take_lease(&w1, "w2").await.expect("w2 takes the expired lease");
+    let w2 = store.take_lease(&w1, "w2", &t()).await.expect("w2 takes the expired lease");
     assert_eq!(w2.lease_owner.as_deref(), Some("w2"));
     assert_eq!(w2.owner_switches_since_checkpoint, 2);
     // w1 still thinks it holds the lease: its checkpoint is refused.
     let mut stale = w1.clone();
     stale.checkpoint = ExtendedSequenceNumber::at(seq(100));
-    let current = lost_current(store.update_lease(&stale).await).expect("current item");
+    let current = lost_current(store.update_lease(&stale, &t()).await).expect("current item");
     assert_eq!(current.lease_owner.as_deref(), Some("w2"));
     let stored = store.get_lease(&lease.lease_key).await.expect("get").expect("exists");
     assert_eq!(stored.checkpoint, ExtendedSequenceNumber::TrimHorizon, "nothing half-written");
@@ -91,7 +96,7 @@ pub async fn concurrent_takers_exactly_one_wins<S: LeaseStore + 'static>(store: 
     for i in 0..8 {
         let store = store.clone();
         let lease = lease.clone();
-        tasks.push(tokio::spawn(async move { store.take_lease(&lease, &format!("w{i}")).await }));
+        tasks.push(tokio::spawn(async move { store.take_lease(&lease, &format!("w{i}"), &t()).await }));
     }
     let mut winners = Vec::new();
     for task in tasks {
@@ -111,12 +116,12 @@ pub async fn concurrent_takers_exactly_one_wins<S: LeaseStore + 'static>(store: 
 pub async fn checkpoints_round_trip<S: LeaseStore>(store: &S) {
     let lease = sample_lease("shardId-000000000006");
     store.create_lease_if_not_exists(&lease).await.expect("create");
-    let held = store.take_lease(&lease, "w1").await.expect("take");
+    let held = store.take_lease(&lease, "w1", &t()).await.expect("take");
     let mut prepared = held.clone();
     prepared.pending_checkpoint =
         Some(ExtendedSequenceNumber::at_sub(seq(49_590_338_271_490_256_608_559_692_538_361_571), 3));
     prepared.pending_checkpoint_state = Some(Bytes::from_static(b"\x00app-state\xff"));
-    let held = store.update_lease(&prepared).await.expect("prepare");
+    let held = store.update_lease(&prepared, &t()).await.expect("prepare");
     let read = store.get_lease(&lease.lease_key).await.expect("get").expect("exists");
     assert_eq!(read.pending_checkpoint, prepared.pending_checkpoint);
     assert_eq!(read.pending_checkpoint_state, prepared.pending_checkpoint_state);
@@ -125,7 +130,7 @@ pub async fn checkpoints_round_trip<S: LeaseStore>(store: &S) {
     committed.pending_checkpoint = None;
     committed.pending_checkpoint_state = None;
     committed.owner_switches_since_checkpoint = 0;
-    let held = store.update_lease(&committed).await.expect("commit");
+    let held = store.update_lease(&committed, &t()).await.expect("commit");
     let read = store.get_lease(&lease.lease_key).await.expect("get").expect("exists");
     assert_eq!(read.checkpoint, committed.checkpoint);
     assert_eq!(read.checkpoint.sub_sequence_number(), 3);
@@ -136,7 +141,7 @@ pub async fn checkpoints_round_trip<S: LeaseStore>(store: &S) {
     let mut finished = held.clone();
     finished.checkpoint = ExtendedSequenceNumber::ShardEnd;
     finished.child_shard_ids = vec!["shardId-000000000010".into(), "shardId-000000000011".into()];
-    store.update_lease(&finished).await.expect("shard end");
+    store.update_lease(&finished, &t()).await.expect("shard end");
     let read = store.get_lease(&lease.lease_key).await.expect("get").expect("exists");
     assert!(read.is_finished());
     assert_eq!(read.child_shard_ids, finished.child_shard_ids);
@@ -147,36 +152,36 @@ pub async fn checkpoints_round_trip<S: LeaseStore>(store: &S) {
 pub async fn graceful_handoff<S: LeaseStore>(store: &S) {
     let lease = sample_lease("shardId-000000000007");
     store.create_lease_if_not_exists(&lease).await.expect("create");
-    let a = store.take_lease(&lease, "a").await.expect("take");
-    let handing = store.initiate_handoff(&a, "b").await.expect("handoff");
+    let a = store.take_lease(&lease, "a", &t()).await.expect("take");
+    let handing = store.initiate_handoff(&a, "b", &t()).await.expect("handoff");
     assert_eq!(handing.lease_owner.as_deref(), Some("b"));
     assert_eq!(handing.checkpoint_owner.as_deref(), Some("a"));
     assert_eq!(handing.lease_counter, a.lease_counter, "handoff does not bump the counter");
-    assert!(store.initiate_handoff(&handing, "c").await.is_err(), "one handoff at a time");
+    assert!(store.initiate_handoff(&handing, "c", &t()).await.is_err(), "one handoff at a time");
     // A's renewal with its old view fails and shows the handoff...
-    let seen = lost_current(store.renew_lease(&a, None).await).expect("current");
+    let seen = lost_current(store.renew_lease(&a, None, &t()).await).expect("current");
     assert_eq!(seen.checkpoint_owner.as_deref(), Some("a"));
     // ...and with the handoff-aware view it keeps renewing.
-    let renewed = store.renew_lease(&seen, None).await.expect("renew during handoff");
+    let renewed = store.renew_lease(&seen, None, &t()).await.expect("renew during handoff");
     assert_eq!(renewed.checkpoint_owner.as_deref(), Some("a"));
     // A checkpoints (it is the checkpoint owner), then transfers.
-    let done = store.assign_lease(&renewed, "b").await.expect("transfer");
+    let done = store.assign_lease(&renewed, "b", &t()).await.expect("transfer");
     assert_eq!(done.lease_owner.as_deref(), Some("b"));
     assert_eq!(done.checkpoint_owner, None);
     assert!(done.lease_counter > renewed.lease_counter);
     // The leader's own assignment with a stale owner view loses.
-    assert!(store.assign_lease(&a, "c").await.is_err());
+    assert!(store.assign_lease(&a, "c", &t()).await.is_err());
 }
 
 /// Eviction clears the owner and any handoff, conditional on the owner.
 pub async fn evict_and_delete<S: LeaseStore>(store: &S) {
     let lease = sample_lease("shardId-000000000008");
     store.create_lease_if_not_exists(&lease).await.expect("create");
-    let held = store.take_lease(&lease, "w1").await.expect("take");
+    let held = store.take_lease(&lease, "w1", &t()).await.expect("take");
     let mut wrong = held.clone();
     wrong.lease_owner = Some("w9".into());
-    assert!(store.evict_lease(&wrong).await.is_err());
-    let evicted = store.evict_lease(&held).await.expect("evict");
+    assert!(store.evict_lease(&wrong, &t()).await.is_err());
+    let evicted = store.evict_lease(&held, &t()).await.expect("evict");
     assert_eq!(evicted.lease_owner, None);
     assert!(evicted.lease_counter > held.lease_counter);
     let mut meta = evicted.clone();
@@ -190,12 +195,46 @@ pub async fn evict_and_delete<S: LeaseStore>(store: &S) {
     assert!(store.update_lease_meta(&meta).await.is_err(), "meta update needs the lease to exist");
 }
 
+/// Every lease write stores its token, so a writer can recognise its own write in an item later
+/// (and only its own): after another writer's write the item shows that writer's token instead.
+pub async fn writes_carry_their_token<S: LeaseStore>(store: &S) {
+    let lease = sample_lease("shardId-000000000009");
+    store.create_lease_if_not_exists(&lease).await.expect("create");
+    let took = WriteToken::new();
+    let held = store.take_lease(&lease, "w1", &took).await.expect("take");
+    assert!(held.shows_write(&took, 1));
+    let renewed_with = WriteToken::new();
+    let renewed = store.renew_lease(&held, None, &renewed_with).await.expect("renew");
+    let read = store.get_lease(&lease.lease_key).await.expect("get").expect("exists");
+    assert!(read.shows_write(&renewed_with, 2), "the stored item carries the renewal's token: {read:?}");
+    assert!(!read.shows_write(&took, 1));
+    let checkpointed_with = WriteToken::new();
+    let mut next = renewed.clone();
+    next.checkpoint = ExtendedSequenceNumber::at(seq(7));
+    let checkpointed = store.update_lease(&next, &checkpointed_with).await.expect("checkpoint");
+    assert!(checkpointed.shows_write(&checkpointed_with, 3));
+    // The leader moves the lease: w1's renewal with its old view fails, and the item it gets back
+    // shows the leader's write, not one of w1's.
+    let assigned_with = WriteToken::new();
+    store.assign_lease(&checkpointed, "w2", &assigned_with).await.expect("assign");
+    let mine = WriteToken::new();
+    let current = lost_current(store.renew_lease(&checkpointed, None, &mine).await).expect("current");
+    assert!(current.shows_write(&assigned_with, 4), "{current:?}");
+    assert!(!current.shows_write(&mine, 4) && !current.shows_write(&checkpointed_with, 4));
+    let handed_with = WriteToken::new();
+    let handing = store.initiate_handoff(&current, "w3", &handed_with).await.expect("handoff");
+    assert!(handing.shows_write(&handed_with, 4), "a handoff keeps the counter and stores its token");
+    let evicted_with = WriteToken::new();
+    let evicted = store.evict_lease(&handing, &evicted_with).await.expect("evict");
+    assert!(evicted.shows_write(&evicted_with, 5));
+}
+
 /// The owner query finds a worker's leases (allowing for an eventually consistent index).
 pub async fn lists_keys_by_owner<S: LeaseStore>(store: &S) {
     for i in 0..4 {
         let lease = sample_lease(&format!("shardId-00000000003{i}"));
         store.create_lease_if_not_exists(&lease).await.expect("create");
-        store.take_lease(&lease, if i % 2 == 0 { "even" } else { "odd" }).await.expect("take");
+        store.take_lease(&lease, if i % 2 == 0 { "even" } else { "odd" }, &t()).await.expect("take");
     }
     let mut keys = Vec::new();
     for _ in 0..50 {
@@ -215,6 +254,7 @@ pub async fn leader_lock<S: CoordinatorStore>(store: &S) {
     assert!(store.get_lock("Leader").await.expect("get").is_none());
     let held = store.acquire_lock("Leader", "w1", Duration::from_secs(8), None).await.expect("acquire");
     assert_eq!(held.owner, "w1");
+    assert!(held.holder_fences_leases, "kcl's leaders fence their leases on the lock");
     assert_eq!(held.lease_duration, Duration::from_secs(8));
     match store.acquire_lock("Leader", "w2", Duration::from_secs(8), None).await {
         Err(StoreError::LockLost { current }) => assert_eq!(current.map(|c| c.owner), Some("w1".to_owned())),
@@ -222,6 +262,8 @@ pub async fn leader_lock<S: CoordinatorStore>(store: &S) {
     }
     let beat = store.heartbeat_lock(&held).await.expect("heartbeat");
     assert_ne!(beat.record_version, held.record_version);
+    let read = store.get_lock("Leader").await.expect("get").expect("held");
+    assert!(read.holder_fences_leases, "a heartbeat keeps the marker: {read:?}");
     assert!(store.heartbeat_lock(&held).await.is_err(), "a stale version cannot heartbeat");
     // w2 watched `beat` go stale and takes over with that version.
     let taken = store.acquire_lock("Leader", "w2", Duration::from_secs(8), Some(&beat)).await.expect("take over");

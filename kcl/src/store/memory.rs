@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use super::{
     CoordinatorStore, LeaseStore, LockItem, StoreError, WorkerMetrics, WorkerMetricsStore, new_record_version,
 };
-use crate::lease::Lease;
+use crate::lease::{Lease, WriteToken};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -43,10 +43,12 @@ impl MemoryLeaseStore {
         Ok(lock(&self.leases))
     }
 
-    /// Applies `change` to the lease if `condition` holds on it; returns the lease as written.
+    /// Applies `change` to the lease if `condition` holds on it, stamping `token` (when the write
+    /// carries one); returns the lease as written.
     fn conditional(
         &self,
         key: &str,
+        token: Option<&WriteToken>,
         condition: impl FnOnce(&Lease) -> bool,
         change: impl FnOnce(&mut Lease),
     ) -> Result<Lease, StoreError> {
@@ -56,6 +58,9 @@ impl MemoryLeaseStore {
             return Err(StoreError::lease_lost(Some(current.clone())));
         }
         change(current);
+        if let Some(token) = token {
+            current.last_write = Some(token.clone());
+        }
         Ok(current.clone())
     }
 }
@@ -90,9 +95,15 @@ impl LeaseStore for MemoryLeaseStore {
         Ok(self.guard()?.values().filter(|l| l.is_owned_by(owner)).map(|l| l.lease_key.clone()).collect())
     }
 
-    async fn renew_lease(&self, expected: &Lease, throughput_kbps: Option<f64>) -> Result<Lease, StoreError> {
+    async fn renew_lease(
+        &self,
+        expected: &Lease,
+        throughput_kbps: Option<f64>,
+        token: &WriteToken,
+    ) -> Result<Lease, StoreError> {
         self.conditional(
             &expected.lease_key,
+            Some(token),
             |l| {
                 l.lease_counter == expected.lease_counter
                     && (l.checkpoint_owner.is_none() || l.checkpoint_owner == expected.checkpoint_owner)
@@ -106,9 +117,10 @@ impl LeaseStore for MemoryLeaseStore {
         )
     }
 
-    async fn take_lease(&self, expected: &Lease, new_owner: &str) -> Result<Lease, StoreError> {
+    async fn take_lease(&self, expected: &Lease, new_owner: &str, token: &WriteToken) -> Result<Lease, StoreError> {
         self.conditional(
             &expected.lease_key,
+            Some(token),
             |l| l.lease_counter == expected.lease_counter,
             |l| {
                 switch_owner(l, new_owner);
@@ -118,9 +130,10 @@ impl LeaseStore for MemoryLeaseStore {
         )
     }
 
-    async fn assign_lease(&self, expected: &Lease, new_owner: &str) -> Result<Lease, StoreError> {
+    async fn assign_lease(&self, expected: &Lease, new_owner: &str, token: &WriteToken) -> Result<Lease, StoreError> {
         self.conditional(
             &expected.lease_key,
+            Some(token),
             |l| l.lease_owner == expected.lease_owner && l.checkpoint_owner == expected.checkpoint_owner,
             |l| {
                 switch_owner(l, new_owner);
@@ -130,9 +143,15 @@ impl LeaseStore for MemoryLeaseStore {
         )
     }
 
-    async fn initiate_handoff(&self, expected: &Lease, next_owner: &str) -> Result<Lease, StoreError> {
+    async fn initiate_handoff(
+        &self,
+        expected: &Lease,
+        next_owner: &str,
+        token: &WriteToken,
+    ) -> Result<Lease, StoreError> {
         self.conditional(
             &expected.lease_key,
+            Some(token),
             |l| l.lease_owner.is_some() && l.lease_owner == expected.lease_owner && l.checkpoint_owner.is_none(),
             |l| {
                 l.checkpoint_owner = l.lease_owner.take();
@@ -141,9 +160,10 @@ impl LeaseStore for MemoryLeaseStore {
         )
     }
 
-    async fn evict_lease(&self, expected: &Lease) -> Result<Lease, StoreError> {
+    async fn evict_lease(&self, expected: &Lease, token: &WriteToken) -> Result<Lease, StoreError> {
         self.conditional(
             &expected.lease_key,
+            Some(token),
             |l| l.lease_owner == expected.lease_owner && l.checkpoint_owner == expected.checkpoint_owner,
             |l| {
                 l.lease_owner = None;
@@ -153,9 +173,10 @@ impl LeaseStore for MemoryLeaseStore {
         )
     }
 
-    async fn update_lease(&self, updated: &Lease) -> Result<Lease, StoreError> {
+    async fn update_lease(&self, updated: &Lease, token: &WriteToken) -> Result<Lease, StoreError> {
         self.conditional(
             &updated.lease_key,
+            Some(token),
             |l| l.lease_counter == updated.lease_counter && l.lease_owner == updated.lease_owner,
             |l| {
                 l.checkpoint = updated.checkpoint.clone();
@@ -172,6 +193,7 @@ impl LeaseStore for MemoryLeaseStore {
     async fn update_lease_meta(&self, lease: &Lease) -> Result<(), StoreError> {
         self.conditional(
             &lease.lease_key,
+            None,
             |_| true,
             |l| {
                 l.child_shard_ids = lease.child_shard_ids.clone();
@@ -229,6 +251,7 @@ impl CoordinatorStore for MemoryCoordinatorStore {
             record_version: new_record_version(),
             lease_duration,
             is_released: false,
+            holder_fences_leases: true,
         };
         locks.insert(key.to_owned(), item.clone());
         Ok(item)

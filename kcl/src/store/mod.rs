@@ -10,10 +10,22 @@
 //!
 //! A write whose condition no longer holds fails with [`StoreError::LeaseLost`] (or
 //! [`StoreError::LockLost`]) carrying the item as it is now, when the backend can say.
+//!
+//! Every lease write carries a [`WriteToken`] that the store puts on the item, so a writer whose
+//! reply was lost can later prove from the item whether its write landed
+//! ([`Lease::shows_write`]).
+//!
+//! * [`faults`] — a fault-injecting wrapper for any store (latency, hangs, errors, throttling,
+//!   lost replies), for tests of workers and processors under a failing store.
+//! * [`deadline`] — the per-call timeout the scheduler puts around every store it is given.
+//! * [`layer`] — the wrapper both are built on.
 
 pub mod memory;
 
 pub mod conformance;
+pub mod deadline;
+pub mod faults;
+pub mod layer;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -21,7 +33,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use thiserror::Error;
 
-use crate::lease::Lease;
+use crate::lease::{Lease, WriteToken};
 
 /// Why a store call failed.
 #[derive(Debug, Error)]
@@ -48,11 +60,20 @@ pub enum StoreError {
         /// What the backend said.
         message: String,
     },
-    /// The backend is unreachable or failed transiently; retry with backoff.
+    /// The backend is unreachable or failed transiently; retry with backoff. A write that fails
+    /// so may still have landed (its reply was lost).
     #[error("store unavailable: {message}")]
     Unavailable {
         /// What failed.
         message: String,
+    },
+    /// The call did not answer in time and was abandoned; a write may still land later.
+    #[error("store call {operation} did not answer within {after:?}")]
+    TimedOut {
+        /// The store operation.
+        operation: &'static str,
+        /// The timeout.
+        after: Duration,
     },
     /// A table exists with a schema other than the one expected.
     #[error("table {table} has an unexpected schema: {details}")]
@@ -81,7 +102,7 @@ pub enum StoreError {
 impl StoreError {
     /// Whether retrying the same call later can help.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, StoreError::Throttled { .. } | StoreError::Unavailable { .. })
+        matches!(self, StoreError::Throttled { .. } | StoreError::Unavailable { .. } | StoreError::TimedOut { .. })
     }
 
     /// Whether a conditional write lost (the caller's view of the item is stale).
@@ -99,7 +120,10 @@ impl StoreError {
 ///
 /// Every write is conditional. Writes that change a lease in place take the caller's last view
 /// of it (`expected`) and succeed only if the item still matches it; they return the lease as
-/// written (with its new counter).
+/// written (with its new counter). Each such write also stores the caller's `token` as the item's
+/// [`last_write`](Lease::last_write); an implementation that retries internally must accept a
+/// condition failure as its own earlier attempt only when the item
+/// [`shows_write`](Lease::shows_write) that token and counter.
 #[async_trait]
 pub trait LeaseStore: Send + Sync {
     /// Creates the lease unless one with its key exists; `Ok(false)` when it existed.
@@ -117,28 +141,38 @@ pub trait LeaseStore: Send + Sync {
     /// Heartbeat: bumps the counter, records throughput. Requires the counter to equal
     /// `expected.lease_counter`, and no handoff to have started unless `expected` already shows
     /// it (`checkpoint_owner` equal).
-    async fn renew_lease(&self, expected: &Lease, throughput_kbps: Option<f64>) -> Result<Lease, StoreError>;
+    async fn renew_lease(
+        &self,
+        expected: &Lease,
+        throughput_kbps: Option<f64>,
+        token: &WriteToken,
+    ) -> Result<Lease, StoreError>;
 
     /// Takes the lease for `new_owner`: requires the counter to equal `expected.lease_counter`.
     /// Clears any handoff, bumps the counter, counts an owner switch if the owner changes.
-    async fn take_lease(&self, expected: &Lease, new_owner: &str) -> Result<Lease, StoreError>;
+    async fn take_lease(&self, expected: &Lease, new_owner: &str, token: &WriteToken) -> Result<Lease, StoreError>;
 
     /// The leader's assignment: requires owner and checkpoint owner to equal `expected`'s (or be
     /// absent when `expected`'s are). Sets the owner, clears any handoff, bumps the counter.
-    async fn assign_lease(&self, expected: &Lease, new_owner: &str) -> Result<Lease, StoreError>;
+    async fn assign_lease(&self, expected: &Lease, new_owner: &str, token: &WriteToken) -> Result<Lease, StoreError>;
 
     /// Starts a graceful handoff to `next_owner`: requires the owner to equal `expected`'s and no
     /// handoff in progress. Sets owner = next, checkpoint owner = current; the counter is left
     /// alone so the current owner's renewals keep succeeding until it lets go.
-    async fn initiate_handoff(&self, expected: &Lease, next_owner: &str) -> Result<Lease, StoreError>;
+    async fn initiate_handoff(
+        &self,
+        expected: &Lease,
+        next_owner: &str,
+        token: &WriteToken,
+    ) -> Result<Lease, StoreError>;
 
     /// Removes the owner (and any handoff): same expectations as [`assign_lease`](Self::assign_lease).
-    async fn evict_lease(&self, expected: &Lease) -> Result<Lease, StoreError>;
+    async fn evict_lease(&self, expected: &Lease, token: &WriteToken) -> Result<Lease, StoreError>;
 
     /// Writes `updated`'s checkpoint, pending checkpoint, owner switches, child shards and hash
     /// range: requires the counter to equal `updated.lease_counter` and the owner to equal
     /// `updated.lease_owner`. Bumps the counter.
-    async fn update_lease(&self, updated: &Lease) -> Result<Lease, StoreError>;
+    async fn update_lease(&self, updated: &Lease, token: &WriteToken) -> Result<Lease, StoreError>;
 
     /// Records child shards and the hash range without touching ownership or the counter;
     /// requires the lease to exist.
@@ -161,6 +195,12 @@ pub struct LockItem {
     pub lease_duration: Duration,
     /// Whether the holder released it.
     pub is_released: bool,
+    /// The holder stops processing every shard it holds once it has not heartbeated the lock
+    /// for `lease_duration` (its own clock), so whoever takes the lock over after watching it
+    /// unchanged for that long may reassign the holder's leases at once. `kcl` leaders always
+    /// fence so; a lock written by another client (the Java KCL's lock client) does not say so,
+    /// and its holder's leases expire by their counters.
+    pub holder_fences_leases: bool,
 }
 
 /// The coordinator-state table: the leader lock.
@@ -171,6 +211,8 @@ pub trait CoordinatorStore: Send + Sync {
 
     /// Acquires the lock for `owner`: if `expected` is `None` the lock must not exist; else its
     /// record version must still equal `expected`'s (a released or expired lock being taken).
+    /// The lock is written with [`holder_fences_leases`](LockItem::holder_fences_leases) set,
+    /// where the backend can store it.
     async fn acquire_lock(
         &self,
         key: &str,
@@ -210,6 +252,94 @@ pub trait WorkerMetricsStore: Send + Sync {
 
     /// Deletes a stale report: requires its `last_update_secs` to still equal `expected_last_update_secs`.
     async fn delete_worker_metrics(&self, worker_id: &str, expected_last_update_secs: u64) -> Result<(), StoreError>;
+}
+
+// A shared store is a store: the scheduler and the wrappers above take `Arc<dyn …>` as readily as
+// a concrete store.
+
+#[async_trait]
+impl<T: LeaseStore + ?Sized> LeaseStore for std::sync::Arc<T> {
+    async fn create_lease_if_not_exists(&self, lease: &Lease) -> Result<bool, StoreError> {
+        (**self).create_lease_if_not_exists(lease).await
+    }
+    async fn get_lease(&self, lease_key: &str) -> Result<Option<Lease>, StoreError> {
+        (**self).get_lease(lease_key).await
+    }
+    async fn list_leases(&self) -> Result<Vec<Lease>, StoreError> {
+        (**self).list_leases().await
+    }
+    async fn list_lease_keys_owned_by(&self, owner: &str) -> Result<Vec<String>, StoreError> {
+        (**self).list_lease_keys_owned_by(owner).await
+    }
+    async fn renew_lease(
+        &self,
+        expected: &Lease,
+        throughput_kbps: Option<f64>,
+        token: &WriteToken,
+    ) -> Result<Lease, StoreError> {
+        (**self).renew_lease(expected, throughput_kbps, token).await
+    }
+    async fn take_lease(&self, expected: &Lease, new_owner: &str, token: &WriteToken) -> Result<Lease, StoreError> {
+        (**self).take_lease(expected, new_owner, token).await
+    }
+    async fn assign_lease(&self, expected: &Lease, new_owner: &str, token: &WriteToken) -> Result<Lease, StoreError> {
+        (**self).assign_lease(expected, new_owner, token).await
+    }
+    async fn initiate_handoff(
+        &self,
+        expected: &Lease,
+        next_owner: &str,
+        token: &WriteToken,
+    ) -> Result<Lease, StoreError> {
+        (**self).initiate_handoff(expected, next_owner, token).await
+    }
+    async fn evict_lease(&self, expected: &Lease, token: &WriteToken) -> Result<Lease, StoreError> {
+        (**self).evict_lease(expected, token).await
+    }
+    async fn update_lease(&self, updated: &Lease, token: &WriteToken) -> Result<Lease, StoreError> {
+        (**self).update_lease(updated, token).await
+    }
+    async fn update_lease_meta(&self, lease: &Lease) -> Result<(), StoreError> {
+        (**self).update_lease_meta(lease).await
+    }
+    async fn delete_lease(&self, lease_key: &str) -> Result<(), StoreError> {
+        (**self).delete_lease(lease_key).await
+    }
+}
+
+#[async_trait]
+impl<T: CoordinatorStore + ?Sized> CoordinatorStore for std::sync::Arc<T> {
+    async fn get_lock(&self, key: &str) -> Result<Option<LockItem>, StoreError> {
+        (**self).get_lock(key).await
+    }
+    async fn acquire_lock(
+        &self,
+        key: &str,
+        owner: &str,
+        lease_duration: Duration,
+        expected: Option<&LockItem>,
+    ) -> Result<LockItem, StoreError> {
+        (**self).acquire_lock(key, owner, lease_duration, expected).await
+    }
+    async fn heartbeat_lock(&self, held: &LockItem) -> Result<LockItem, StoreError> {
+        (**self).heartbeat_lock(held).await
+    }
+    async fn release_lock(&self, held: &LockItem) -> Result<(), StoreError> {
+        (**self).release_lock(held).await
+    }
+}
+
+#[async_trait]
+impl<T: WorkerMetricsStore + ?Sized> WorkerMetricsStore for std::sync::Arc<T> {
+    async fn put_worker_metrics(&self, metrics: &WorkerMetrics) -> Result<(), StoreError> {
+        (**self).put_worker_metrics(metrics).await
+    }
+    async fn list_worker_metrics(&self) -> Result<Vec<WorkerMetrics>, StoreError> {
+        (**self).list_worker_metrics().await
+    }
+    async fn delete_worker_metrics(&self, worker_id: &str, expected_last_update_secs: u64) -> Result<(), StoreError> {
+        (**self).delete_worker_metrics(worker_id, expected_last_update_secs).await
+    }
 }
 
 /// A fresh random record version for lock heartbeats.

@@ -248,8 +248,9 @@ pub(super) fn subscribe(
             if !s.consumers.iter().any(|c| c.arn == consumer_arn) {
                 return Err(KinesisError::ResourceNotFound { message: format!("Consumer {consumer_arn} not found.") });
             }
-            let index =
-                s.shard_index(shard_id).ok_or_else(|| errors::shard_not_found(shard_id.as_str(), &s.name, &account))?;
+            let index = s
+                .live_shard_index(shard_id, broker.inner.clock.now_wall())
+                .ok_or_else(|| errors::shard_not_found(shard_id.as_str(), &s.name, &account))?;
             let start = broker.resolve_position(s, &s.shards[index], &position)?;
             let key = (consumer_arn.to_owned(), index as u32);
             if let Some((_, started)) = s.subscriptions.get(&key)

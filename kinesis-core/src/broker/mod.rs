@@ -690,8 +690,8 @@ impl Kinesis for MemoryBroker {
             let effective = filter.clone().unwrap_or(ShardFilter::FromTrimHorizon);
             let mut shards = Vec::new();
             let mut next = None;
-            for shard in s.shards.iter().skip(start) {
-                if !shard_matches_filter(s, shard, &effective, now_wall) {
+            for (index, shard) in s.shards.iter().enumerate().skip(start) {
+                if s.is_expired(index, now_wall) || !shard_matches_filter(s, shard, &effective, now_wall) {
                     continue;
                 }
                 if shards.len() == max {
@@ -762,9 +762,10 @@ impl Kinesis for MemoryBroker {
         position: StartingPosition,
     ) -> Result<ShardIterator, KinesisError> {
         self.inject(Operation::GetShardIterator).await?;
+        let now_wall = self.inner.clock.now_wall();
         self.with_stream(stream, |s, _| {
             let index = s
-                .shard_index(shard_id)
+                .live_shard_index(shard_id, now_wall)
                 .ok_or_else(|| errors::shard_not_found(shard_id.as_str(), &s.name, self.account()))?;
             let shard = &s.shards[index];
             let pos = self.resolve_position(s, shard, &position)?;
@@ -808,7 +809,7 @@ impl Kinesis for MemoryBroker {
                 return Err(errors::invalid_iterator());
             }
             let index = pos.shard_index as usize;
-            if index >= s.shards.len() {
+            if index >= s.shards.len() || s.is_expired(index, now_wall) {
                 return Err(errors::invalid_iterator());
             }
             let forced = self.inner.faults.on_entry(Operation::GetRecords, &s.shards[index].id);

@@ -364,6 +364,20 @@ impl StreamState {
         (index < self.shards.len() && self.shards[index].id == *id).then_some(index)
     }
 
+    /// Whether a shard has expired: closed for longer than the retention period, so every record
+    /// of it is gone. The service lists it no more and answers `ResourceNotFoundException` for it.
+    pub fn is_expired(&self, index: usize, now_wall: SystemTime) -> bool {
+        self.shards
+            .get(index)
+            .and_then(|shard| shard.closed_at)
+            .is_some_and(|closed| now_wall >= closed + self.retention)
+    }
+
+    /// The index of a shard that exists and has not expired.
+    pub fn live_shard_index(&self, id: &ShardId, now_wall: SystemTime) -> Option<usize> {
+        self.shard_index(id).filter(|&index| !self.is_expired(index, now_wall))
+    }
+
     /// Applies retention to every shard.
     pub fn trim(&mut self, now: Instant) {
         let retention = self.retention;

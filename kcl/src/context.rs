@@ -1,0 +1,169 @@
+//! What a worker's tasks share: the [`WorkerContext`] (stores, client, configuration, the held
+//! leases, the published state, the shutdown tokens) and the state types it publishes. The tasks
+//! (`lease_discovery`, `shard_consumer`, `leader`, `worker_metrics`, `shard_sync`) use it; the
+//! scheduler builds it. It imports none of them.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use kinesis_core::{Kinesis, ShardId, StreamRef};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{InitialPosition, RetrievalMode, SchedulerConfig};
+use crate::error::ShardError;
+use crate::lease::Lease;
+use crate::lease_renewer::{Fencing, HeldLease, HeldLeaseContext, LeaseRegistry};
+use crate::metrics::WorkerMetricHandles;
+use crate::processor::ShardRecordProcessorFactory;
+use crate::retrieval::fanout::FanOutConsumer;
+use crate::store::{CoordinatorStore, LeaseStore, WorkerMetricsStore};
+
+/// Where a held shard is in its lifecycle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ShardPhase {
+    /// Waiting until every parent shard is finished.
+    #[default]
+    WaitingOnParents,
+    /// Calling the processor's `initialize`.
+    Initializing,
+    /// Delivering records.
+    Processing,
+    /// `shutdown_requested` (handoff or worker shutdown) and release.
+    ShuttingDown,
+    /// The shard ended: `shard_ended` and release.
+    ShardEnded,
+}
+
+/// A held shard as the scheduler reports it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ShardStatus {
+    /// Lifecycle phase.
+    pub phase: ShardPhase,
+    /// The last read's distance from the tip of the shard (the lag), ms.
+    pub millis_behind_latest: Option<u64>,
+    /// Records accepted by the processor since this worker took the lease.
+    pub records_processed: u64,
+    /// The current error, if any.
+    pub error: Option<ShardError>,
+}
+
+/// A snapshot of a worker: what it holds, how far behind each shard is, and errors.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SchedulerState {
+    /// The worker's id.
+    pub worker_id: String,
+    /// Whether the worker is the leader.
+    pub is_leader: bool,
+    /// Held shards by lease key.
+    pub shards: BTreeMap<String, ShardStatus>,
+    /// Shards this worker stopped after a processing error (and released), with the error;
+    /// cleared when the worker takes the shard again.
+    pub stopped_shards: BTreeMap<String, ShardError>,
+}
+
+/// Wall-clock time derived from tokio's clock (so paused-time tests control it too).
+#[derive(Debug)]
+pub(crate) struct WallClock {
+    anchor_system: SystemTime,
+    anchor: Instant,
+}
+
+impl WallClock {
+    pub fn new() -> Self {
+        WallClock { anchor_system: SystemTime::now(), anchor: Instant::now() }
+    }
+
+    pub fn now(&self) -> SystemTime {
+        self.anchor_system + Instant::now().saturating_duration_since(self.anchor)
+    }
+
+    pub fn now_secs(&self) -> u64 {
+        self.now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    }
+}
+
+/// Everything a worker's tasks share.
+pub(crate) struct WorkerContext {
+    pub worker_id: Arc<str>,
+    pub stream: StreamRef,
+    pub kinesis: Arc<dyn Kinesis>,
+    pub lease_store: Arc<dyn LeaseStore>,
+    pub coordinator_store: Arc<dyn CoordinatorStore>,
+    pub metrics_store: Arc<dyn WorkerMetricsStore>,
+    pub factory: Arc<dyn ShardRecordProcessorFactory>,
+    pub config: Arc<SchedulerConfig>,
+    pub initial_position: InitialPosition,
+    pub retrieval: RetrievalMode,
+    pub fanout: Option<Arc<FanOutConsumer>>,
+    pub registry: Arc<LeaseRegistry>,
+    pub state: watch::Sender<SchedulerState>,
+    /// Crash: every task stops at once, nothing is released.
+    pub abort: CancellationToken,
+    /// Graceful shutdown: shards checkpoint and release, the leader resigns.
+    pub shutdown: CancellationToken,
+    /// Stops the renewer once every shard has let go.
+    pub stop_renewer: CancellationToken,
+    /// The leader fence and the leases it quarantined.
+    pub fencing: Arc<Fencing>,
+    pub tracker: TaskTracker,
+    pub metrics: WorkerMetricHandles,
+    pub wall: WallClock,
+}
+
+impl WorkerContext {
+    /// Wraps a lease this worker owns, for `shard_id`.
+    pub fn hold(&self, lease: Lease, shard_id: ShardId) -> HeldLease {
+        let worker = HeldLeaseContext {
+            worker_id: self.worker_id.clone(),
+            lease_duration: self.config.lease_duration,
+            abort: &self.abort,
+            shutdown: &self.shutdown,
+            fencing: self.fencing.clone(),
+        };
+        HeldLease::new(lease, shard_id, worker)
+    }
+
+    pub fn at_timestamp(&self) -> Option<SystemTime> {
+        match self.initial_position {
+            InitialPosition::AtTimestamp(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    pub fn update_shard(&self, key: &str, change: impl FnOnce(&mut ShardStatus)) {
+        self.state.send_if_modified(|s| match s.shards.get_mut(key) {
+            Some(status) => {
+                change(status);
+                true
+            }
+            None => false,
+        });
+    }
+
+    pub fn add_shard(&self, key: &str) {
+        self.state.send_modify(|s| {
+            s.shards.insert(key.to_owned(), ShardStatus::default());
+            s.stopped_shards.remove(key);
+        });
+    }
+
+    pub fn remove_shard(&self, key: &str) {
+        self.state.send_modify(|s| {
+            s.shards.remove(key);
+        });
+    }
+
+    pub fn record_failure(&self, key: &str, error: ShardError) {
+        self.state.send_modify(|s| {
+            s.stopped_shards.insert(key.to_owned(), error);
+        });
+    }
+
+    pub fn set_leader(&self, leader: bool) {
+        self.state.send_if_modified(|s| std::mem::replace(&mut s.is_leader, leader) != leader);
+    }
+}
