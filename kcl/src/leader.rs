@@ -61,13 +61,20 @@ use crate::worker_metrics::{cpu_of, max_cpu_of};
 /// The key of the leader lock in the coordinator store.
 pub const LEADER_LOCK_KEY: &str = "Leader";
 
-/// Per lease: the counter last seen and when it was first seen (local clock).
+/// Per lease: the counter last seen, when it was first seen (local clock), and its holder then.
 #[derive(Debug)]
 pub(crate) struct ExpiryTracker {
     lease_duration: Duration,
-    seen: HashMap<String, (u64, Instant)>,
+    seen: HashMap<String, Seen>,
     /// Leases known expired at this counter without waiting (their holder fenced itself).
     fenced: HashMap<String, u64>,
+}
+
+#[derive(Debug)]
+struct Seen {
+    counter: u64,
+    since: Instant,
+    holder: Option<String>,
 }
 
 impl ExpiryTracker {
@@ -76,27 +83,33 @@ impl ExpiryTracker {
     }
 
     /// Records a full scan: new or changed counters restart their clocks; leases no longer
-    /// listed are forgotten.
-    pub fn observe_all(&mut self, leases: &[Lease], now: Instant) {
+    /// listed are forgotten. Returns the workers seen writing their own leases since the last
+    /// observation (a counter moved while the same worker held the lease): they are working.
+    pub fn observe_all(&mut self, leases: &[Lease], now: Instant) -> HashSet<String> {
         let keys: HashSet<&str> = leases.iter().map(|l| l.lease_key.as_str()).collect();
         self.seen.retain(|k, _| keys.contains(k.as_str()));
         self.fenced.retain(|k, _| keys.contains(k.as_str()));
-        for lease in leases {
-            self.observe(lease, now);
-        }
+        leases.iter().filter_map(|lease| self.observe(lease, now)).collect()
     }
 
-    /// Records one observation of a lease.
-    pub fn observe(&mut self, lease: &Lease, now: Instant) {
-        match self.seen.get_mut(&lease.lease_key) {
-            Some((counter, _)) if *counter == lease.lease_counter => {}
-            Some(entry) => *entry = (lease.lease_counter, now),
-            None => {
-                self.seen.insert(lease.lease_key.clone(), (lease.lease_counter, now));
-            }
-        }
+    /// Records one observation of a lease (also of one this leader just wrote); returns its
+    /// holder when the holder moved the counter itself.
+    pub fn observe(&mut self, lease: &Lease, now: Instant) -> Option<String> {
+        let holder = lease.holder().map(str::to_owned);
         if self.fenced.get(&lease.lease_key).is_some_and(|c| *c != lease.lease_counter) {
             self.fenced.remove(&lease.lease_key);
+        }
+        match self.seen.get_mut(&lease.lease_key) {
+            Some(seen) if seen.counter == lease.lease_counter => None,
+            Some(seen) => {
+                let renewed_by = (seen.holder.is_some() && seen.holder == holder).then(|| holder.clone()).flatten();
+                *seen = Seen { counter: lease.lease_counter, since: now, holder };
+                renewed_by
+            }
+            None => {
+                self.seen.insert(lease.lease_key.clone(), Seen { counter: lease.lease_counter, since: now, holder });
+                None
+            }
         }
     }
 
@@ -111,8 +124,9 @@ impl ExpiryTracker {
     pub fn is_expired(&self, lease: &Lease, now: Instant) -> bool {
         lease.lease_owner.is_some()
             && (self.fenced.get(&lease.lease_key) == Some(&lease.lease_counter)
-                || self.seen.get(&lease.lease_key).is_some_and(|(counter, since)| {
-                    *counter == lease.lease_counter && now.saturating_duration_since(*since) >= self.lease_duration
+                || self.seen.get(&lease.lease_key).is_some_and(|seen| {
+                    seen.counter == lease.lease_counter
+                        && now.saturating_duration_since(seen.since) >= self.lease_duration
                 }))
     }
 
@@ -122,23 +136,36 @@ impl ExpiryTracker {
             .iter()
             .filter(|l| l.lease_owner.is_some() && !l.is_finished())
             .filter_map(|l| self.seen.get(&l.lease_key))
-            .map(|(_, since)| *since + self.lease_duration)
+            .map(|seen| seen.since + self.lease_duration)
             .filter(|at| *at > now)
             .min()
     }
 }
 
-/// Per worker: the metrics row's `last_update_secs` last seen and when it was first seen.
+/// How long a worker that let a lease expire receives nothing at first; each further expiry
+/// while it has not been seen working doubles it, up to [`MAX_EXCLUSION`].
+const FIRST_EXCLUSION: Duration = Duration::from_secs(10);
+/// The longest exclusion.
+const MAX_EXCLUSION: Duration = Duration::from_secs(300);
+
+/// Per worker: the metrics row's `last_update_secs` last seen and when it was first seen, and
+/// the workers excluded from receiving leases for letting one expire.
 #[derive(Debug)]
 pub(crate) struct WorkerLiveness {
     dead_after: Duration,
     seen: HashMap<String, (u64, Instant)>,
-    suspects: HashSet<String>,
+    excluded: HashMap<String, Exclusion>,
+}
+
+#[derive(Debug)]
+struct Exclusion {
+    until: Instant,
+    length: Duration,
 }
 
 impl WorkerLiveness {
     pub fn new(dead_after: Duration) -> Self {
-        WorkerLiveness { dead_after, seen: HashMap::new(), suspects: HashSet::new() }
+        WorkerLiveness { dead_after, seen: HashMap::new(), excluded: HashMap::new() }
     }
 
     pub fn observe_all(&mut self, rows: &[WorkerMetrics], now: Instant) {
@@ -147,10 +174,7 @@ impl WorkerLiveness {
         for row in rows {
             match self.seen.get_mut(&row.worker_id) {
                 Some((secs, _)) if *secs == row.last_update_secs => {}
-                Some(entry) => {
-                    *entry = (row.last_update_secs, now);
-                    self.suspects.remove(&row.worker_id);
-                }
+                Some(entry) => *entry = (row.last_update_secs, now),
                 None => {
                     self.seen.insert(row.worker_id.clone(), (row.last_update_secs, now));
                 }
@@ -158,13 +182,32 @@ impl WorkerLiveness {
         }
     }
 
-    /// Takes `worker` as dead until its row changes.
-    pub fn suspect(&mut self, worker: &str) {
-        self.suspects.insert(worker.to_owned());
+    /// Excludes `worker` from receiving leases: a lease it held expired (or it was the leader
+    /// just replaced). A worker whose process runs (its metrics row changes) may still be cut off
+    /// from the lease table, so only its own lease writes ([`forgive`](Self::forgive)) or the end
+    /// of the exclusion let it receive leases again.
+    pub fn exclude(&mut self, worker: &str, now: Instant) {
+        match self.excluded.get_mut(worker) {
+            Some(exclusion) if now < exclusion.until => {}
+            Some(exclusion) => {
+                exclusion.length = (exclusion.length * 2).min(MAX_EXCLUSION);
+                exclusion.until = now + exclusion.length;
+            }
+            None => {
+                self.excluded
+                    .insert(worker.to_owned(), Exclusion { until: now + FIRST_EXCLUSION, length: FIRST_EXCLUSION });
+            }
+        }
     }
 
+    /// Ends `worker`'s exclusion: it was seen renewing or checkpointing a lease it holds.
+    pub fn forgive(&mut self, worker: &str) {
+        self.excluded.remove(worker);
+    }
+
+    /// Whether `worker` may receive leases: its row changes, and it is not excluded.
     pub fn is_alive(&self, worker: &str, now: Instant) -> bool {
-        !self.suspects.contains(worker)
+        self.excluded.get(worker).is_none_or(|e| now >= e.until)
             && self.seen.get(worker).is_some_and(|(_, since)| now.saturating_duration_since(*since) < self.dead_after)
     }
 
@@ -313,7 +356,7 @@ impl Leader {
                         let previous = item.owner.clone();
                         self.try_acquire(Some(&item), true).await;
                         if self.held.is_some() {
-                            self.liveness.suspect(&previous);
+                            self.liveness.exclude(&previous, Instant::now());
                             if item.holder_fences_leases {
                                 self.fenced_predecessor = Some(previous);
                             }
@@ -432,7 +475,9 @@ impl Leader {
     async fn standby_scan(&mut self) {
         let now = Instant::now();
         if let Ok(leases) = self.ctx.lease_store.list_leases().await {
-            self.expiry.observe_all(&leases, now);
+            for worker in self.expiry.observe_all(&leases, now) {
+                self.liveness.forgive(&worker);
+            }
         }
         if let Ok(rows) = self.ctx.metrics_store.list_worker_metrics().await {
             self.liveness.observe_all(&rows, now);
@@ -451,7 +496,9 @@ impl Leader {
                 }
             };
         let now = Instant::now();
-        self.expiry.observe_all(&leases, now);
+        for worker in self.expiry.observe_all(&leases, now) {
+            self.liveness.forgive(&worker);
+        }
         self.liveness.observe_all(&rows, now);
         if let Some(predecessor) = self.fenced_predecessor.take() {
             // The replaced leader stopped every shard it held by now (its fence): no need to wait
@@ -498,11 +545,12 @@ impl Leader {
             config: &self.ctx.config.assignment,
             balance,
         });
-        // The holder of an expired lease receives nothing until it shows it is alive again (its
-        // metrics row changes): a dead worker's load just fell, so it would look least loaded.
+        // The holder of an expired lease receives nothing until it is seen writing its leases
+        // again: a dead worker's load just fell, so it would look least loaded; a worker cut off
+        // from the lease table still reports its metrics.
         for lease in open.iter().filter(|l| self.expiry.is_expired(l, now)) {
             if let Some(holder) = lease.holder() {
-                self.liveness.suspect(holder);
+                self.liveness.exclude(holder, now);
             }
         }
         let expired = infos.iter().filter(|l| l.expired).count();
@@ -610,16 +658,51 @@ mod tests {
         };
         let mut l = WorkerLiveness::new(Duration::from_secs(10));
         l.observe_all(&[row("w1", 100), row("w2", 100)], Instant::now());
-        l.suspect("w2");
+        l.exclude("w2", Instant::now());
         assert!(l.is_alive("w1", Instant::now()));
-        assert!(!l.is_alive("w2", Instant::now()), "the replaced leader is suspect");
+        assert!(!l.is_alive("w2", Instant::now()), "a lease of w2 expired: it is excluded");
         tokio::time::advance(Duration::from_secs(5)).await;
         l.observe_all(&[row("w1", 105), row("w2", 105)], Instant::now());
-        assert!(l.is_alive("w2", Instant::now()), "a changed row clears the suspicion");
+        assert!(!l.is_alive("w2", Instant::now()), "its row changes, but that does not show it can write leases");
+        l.forgive("w2");
+        assert!(l.is_alive("w2", Instant::now()), "seen renewing its own lease");
         tokio::time::advance(Duration::from_secs(10)).await;
         l.observe_all(&[row("w1", 115), row("w2", 105)], Instant::now());
         assert!(l.is_alive("w1", Instant::now()));
         assert!(!l.is_alive("w2", Instant::now()), "unchanged for a lease duration");
         assert!(!l.is_alive("w3", Instant::now()), "absent");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn exclusions_double_while_a_worker_keeps_failing() {
+        let row = |secs| WorkerMetrics {
+            worker_id: "w1".into(),
+            last_update_secs: secs,
+            metric_stats: Default::default(),
+            operating_range: Default::default(),
+        };
+        let mut l = WorkerLiveness::new(Duration::from_secs(60));
+        l.observe_all(&[row(1)], Instant::now());
+        l.exclude("w1", Instant::now());
+        tokio::time::advance(FIRST_EXCLUSION - Duration::from_millis(1)).await;
+        l.exclude("w1", Instant::now());
+        assert!(!l.is_alive("w1", Instant::now()), "an exclusion in force is not extended");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(l.is_alive("w1", Instant::now()), "it ends");
+        l.exclude("w1", Instant::now());
+        tokio::time::advance(FIRST_EXCLUSION).await;
+        assert!(!l.is_alive("w1", Instant::now()), "the second one lasts twice as long");
+        tokio::time::advance(FIRST_EXCLUSION).await;
+        assert!(l.is_alive("w1", Instant::now()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_holder_moving_its_counter_is_seen_working() {
+        let mut t = ExpiryTracker::new(Duration::from_secs(10));
+        let now = Instant::now();
+        assert!(t.observe_all(&[lease("a", Some("w1"), 1)], now).is_empty(), "a first sighting proves nothing");
+        assert_eq!(t.observe_all(&[lease("a", Some("w1"), 2)], now), HashSet::from(["w1".to_owned()]));
+        // The counter moved with the owner: an assignment, not the holder's own write.
+        assert!(t.observe_all(&[lease("a", Some("w2"), 3)], now).is_empty());
     }
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use kcl::processor::*;
+use kcl::store::faults::{StoreFaults, WithFaults};
 use kcl::store::memory::{MemoryCoordinatorStore, MemoryLeaseStore, MemoryWorkerMetricsStore};
 use kcl::{
     CpuMetrics, InitialPosition, Lease, LeaseStore, ProcessorError, RetrievalMode, Scheduler, SchedulerConfig,
@@ -245,6 +246,8 @@ pub struct Fleet {
     pub mode: RetrievalMode,
     pub initial_position: InitialPosition,
     pub workers: BTreeMap<String, SchedulerHandle>,
+    /// Per worker, the store faults between it and the shared stores (no rules: none).
+    pub store_faults: Mutex<BTreeMap<String, Arc<StoreFaults>>>,
 }
 
 /// The test configuration: the defaults, without host CPU (all workers share one host here).
@@ -271,7 +274,15 @@ impl Fleet {
             mode: RetrievalMode::Polling,
             initial_position: InitialPosition::TrimHorizon,
             workers: BTreeMap::new(),
+            store_faults: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// The store faults of one worker's calls (to all three stores); rules added here hit only
+    /// that worker, as a partition between it and the store would.
+    pub fn faults(&self, worker: &str) -> Arc<StoreFaults> {
+        let seed = worker.bytes().fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+        lock(&self.store_faults).entry(worker.to_owned()).or_insert_with(|| Arc::new(StoreFaults::new(seed))).clone()
     }
 
     pub fn scheduler(&self, worker: &str) -> Scheduler {
@@ -281,9 +292,9 @@ impl Fleet {
             .worker_id(worker)
             .initial_position(self.initial_position)
             .retrieval(self.mode.clone())
-            .lease_store(Arc::new(self.leases.clone()))
-            .coordinator_store(Arc::new(self.coordinator.clone()))
-            .worker_metrics_store(Arc::new(self.metrics.clone()))
+            .lease_store(Arc::new(WithFaults::new(self.leases.clone(), self.faults(worker))))
+            .coordinator_store(Arc::new(WithFaults::new(self.coordinator.clone(), self.faults(worker))))
+            .worker_metrics_store(Arc::new(WithFaults::new(self.metrics.clone(), self.faults(worker))))
             .config(self.config.clone())
             .processor_factory(move |shard: &ShardId| RecordingProcessor {
                 worker: id.clone(),
