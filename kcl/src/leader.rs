@@ -153,8 +153,23 @@ const MAX_EXCLUSION: Duration = Duration::from_secs(300);
 #[derive(Debug)]
 pub(crate) struct WorkerLiveness {
     dead_after: Duration,
-    seen: HashMap<String, (u64, Instant)>,
+    /// Per worker: the row's `last_update_secs` and when that value was first seen.
+    seen: HashMap<String, RowSeen>,
     excluded: HashMap<String, Exclusion>,
+    /// Whether a row seen for the first time counts as alive: yes for a leader of a fleet that is
+    /// starting (the lock was free); no after a takeover, when a row may be a dead worker's last.
+    trust_first_sightings: bool,
+}
+
+#[derive(Debug)]
+struct RowSeen {
+    secs: u64,
+    /// When this value was first seen.
+    since: Instant,
+    /// Whether the change to this value was watched: the previous value was seen shortly before
+    /// (so `since` is close to when the worker wrote it), not only after a gap in observation.
+    watched_change: bool,
+    last_seen: Instant,
 }
 
 #[derive(Debug)]
@@ -165,7 +180,12 @@ struct Exclusion {
 
 impl WorkerLiveness {
     pub fn new(dead_after: Duration) -> Self {
-        WorkerLiveness { dead_after, seen: HashMap::new(), excluded: HashMap::new() }
+        WorkerLiveness { dead_after, seen: HashMap::new(), excluded: HashMap::new(), trust_first_sightings: true }
+    }
+
+    /// Whether rows seen only once count as alive (see the field).
+    pub fn trust_first_sightings(&mut self, trust: bool) {
+        self.trust_first_sightings = trust;
     }
 
     pub fn observe_all(&mut self, rows: &[WorkerMetrics], now: Instant) {
@@ -173,10 +193,14 @@ impl WorkerLiveness {
         self.seen.retain(|k, _| ids.contains(k.as_str()));
         for row in rows {
             match self.seen.get_mut(&row.worker_id) {
-                Some((secs, _)) if *secs == row.last_update_secs => {}
-                Some(entry) => *entry = (row.last_update_secs, now),
+                Some(seen) if seen.secs == row.last_update_secs => seen.last_seen = now,
+                Some(seen) => {
+                    let watched_change = now.saturating_duration_since(seen.last_seen) < self.dead_after;
+                    *seen = RowSeen { secs: row.last_update_secs, since: now, watched_change, last_seen: now };
+                }
                 None => {
-                    self.seen.insert(row.worker_id.clone(), (row.last_update_secs, now));
+                    let row_seen = RowSeen { secs: row.last_update_secs, since: now, watched_change: false, last_seen: now };
+                    self.seen.insert(row.worker_id.clone(), row_seen);
                 }
             }
         }
@@ -205,18 +229,22 @@ impl WorkerLiveness {
         self.excluded.remove(worker);
     }
 
-    /// Whether `worker` may receive leases: its row changes, and it is not excluded.
+    /// Whether `worker` may receive leases: its row changes (or, for a starting fleet, was just
+    /// seen), and it is not excluded.
     pub fn is_alive(&self, worker: &str, now: Instant) -> bool {
         self.excluded.get(worker).is_none_or(|e| now >= e.until)
-            && self.seen.get(worker).is_some_and(|(_, since)| now.saturating_duration_since(*since) < self.dead_after)
+            && self.seen.get(worker).is_some_and(|seen| {
+                (seen.watched_change || self.trust_first_sightings)
+                    && now.saturating_duration_since(seen.since) < self.dead_after
+            })
     }
 
     /// Rows seen unchanged for at least `age`.
     pub fn unchanged_for(&self, age: Duration, now: Instant) -> Vec<(String, u64)> {
         self.seen
             .iter()
-            .filter(|(_, (_, since))| now.saturating_duration_since(*since) >= age)
-            .map(|(id, (secs, _))| (id.clone(), *secs))
+            .filter(|(_, seen)| now.saturating_duration_since(seen.since) >= age)
+            .map(|(id, seen)| (id.clone(), seen.secs))
             .collect()
     }
 }
@@ -401,6 +429,9 @@ impl Leader {
             passes: 0,
         });
         self.watched = None;
+        // After a takeover the fleet is running and a row may be a dead worker's last report:
+        // only rows seen changing (the standby scans watched them) count as alive.
+        self.liveness.trust_first_sightings(!takeover);
         self.ctx.metrics.is_leader.set(1.0);
         self.ctx.metrics.leader_changes.increment(1);
         self.ctx.set_leader(true);
@@ -521,9 +552,10 @@ impl Leader {
             None => return now + interval,
         };
 
+        let me = self.me().to_owned();
         let workers: Vec<WorkerInfo> = rows
             .iter()
-            .filter(|r| self.liveness.is_alive(&r.worker_id, now))
+            .filter(|r| r.worker_id == me || self.liveness.is_alive(&r.worker_id, now))
             .map(|r| WorkerInfo { worker_id: r.worker_id.clone(), cpu: cpu_of(r), max_cpu: max_cpu_of(r) })
             .collect();
         let open: Vec<&Lease> = leases.iter().filter(|l| !l.is_finished()).collect();
