@@ -6,12 +6,16 @@
 //!
 //! * a crashed worker's shards are processed again within **2 × lease duration** (20 s): the
 //!   leader sees a lease's counter unchanged for one lease duration (it scans every
-//!   `lease_duration / 4` and also scans exactly when the oldest observation would expire), then
-//!   assigns the lease; the new owner finds it with its next discovery query (every 2 s) — worst
-//!   case ≈ 10 + 2.5 + 2 + renewal skew ≈ 15–18 s;
-//! * a crashed leader is replaced within **15 s**: the lock's lease is 8 s, heartbeats every 2 s
-//!   and contenders look every 2 s, so a contender takes the lock at most 8 s after it first saw
-//!   the last version, i.e. ≤ 10 s after the crash, and runs an assignment pass at once.
+//!   `lease_duration / 4` and also exactly when the oldest observation would expire), then assigns
+//!   the lease; the new owner finds it with its next discovery query (every 2 s) — worst case
+//!   ≈ 10 + 2.5 + 2 ≈ 15 s after the last renewal, which was at most 3.3 s before the crash;
+//! * a crashed leader's shards move within **15 s**: the lock's lease is 8 s, heartbeats every
+//!   2 s and contenders look every 2 s, so a contender takes the lock at most 8 s after it first
+//!   saw the last version, i.e. ≤ 10 s after the crash, and reassigns the old leader's leases at
+//!   once (the leader fence, see [`leader`](crate::leader));
+//! * a worker cut off from the lease table stops processing before anyone else may start: its
+//!   leases end `lease_duration` after it sent its last write that landed, on its own clock, and
+//!   no store call waits longer than [`store_call_timeout`](SchedulerConfig::store_call_timeout).
 //!
 //! The Java KCL 3.x uses 120 s / 30 s for the leader lock and a 20 s assignment period, which
 //! makes leader failover take minutes (`reference/kcl.md` §c.7); the cost of the shorter timers

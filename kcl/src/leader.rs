@@ -7,14 +7,25 @@
 //! heartbeat writes a new record version. A non-leader reads the lock every
 //! `leader_check_interval` (2 s) and remembers when it first saw the current version, on its own
 //! clock. It takes the lock (conditionally on that version) only after seeing the same version
-//! for the lock's full lease duration — no clock agreement between hosts is needed. An absent or
-//! released lock is taken at once. A leader that cannot heartbeat for `lock duration − heartbeat`
-//! stops acting as leader before anyone may take over; one whose heartbeat is refused stops at
-//! once. On graceful shutdown the leader releases the lock.
+//! for the lock's full lease duration — no clock agreement between hosts is needed — and looks
+//! again exactly when that time is up. An absent or released lock is taken at once. A leader that
+//! cannot heartbeat for `lock duration − heartbeat` stops acting as leader before anyone may take
+//! over; one whose heartbeat is refused stops at once (a refusal that shows the lock still naming
+//! it is its own heartbeat whose reply was lost: it adopts that version). On graceful shutdown the
+//! leader releases the lock.
 //!
-//! With the defaults a crashed leader is replaced ≤ 10 s after its last heartbeat (≤ 2 s until a
-//! contender first sees the final version, then 8 s), and the new leader's first assignment pass
-//! follows within 2 s.
+//! # The leader fence
+//!
+//! While it leads, a worker's every lease ends at the latest `leader_lock_duration` after it
+//! sent its last successful heartbeat ([`Fencing`](crate::lease_renewer::Fencing)): once that
+//! passes, all its shards stop and their leases are quarantined (not taken up again until someone
+//! else writes them). A contender takes the lock only after watching one version for the lock's
+//! lease duration, so by then the old leader has stopped every shard, and the lock item says it
+//! does so ([`LockItem::holder_fences_leases`]): the new leader takes the old leader's leases as
+//! expired at its first pass instead of watching their counters for a lease duration. With the
+//! defaults a crashed leader's shards move ≤ 10 s after its last heartbeat, plus the new owner's
+//! discovery (≤ 2 s). A lock written by a client that does not fence (the Java KCL's) gets no
+//! such treatment: its holder's leases expire by their counters.
 //!
 //! # Expiry (the leader's local view)
 //!
@@ -23,25 +34,30 @@
 //! for `lease_duration`. Counters only grow, so an observation stays valid across gaps between
 //! scans. A leader scans every `lease_assignment_interval` (2.5 s) and additionally at the
 //! instant the oldest observation would expire, so an expiry is acted on when it happens, not a
-//! whole pass later.
+//! whole pass later. An expired lease is taken for its recipient conditionally on the counter
+//! that was seen unchanged (`take_lease`), so a renewal that lands meanwhile keeps it where it is.
 //!
-//! **New leader rule.** A new leader has no observations, and the KCL's LAM can therefore expire
-//! nothing on its first pass. Here a contender that sees the lock's version unchanged for two
-//! heartbeat periods (the leader looks dead) starts *standby scans*: on each lock check it reads
-//! the lease table and the worker metrics and records observations without writing. When it takes
-//! the lock 8 s after the last version change, it has watched the dead leader's leases for ≈ 4 s
-//! already, so they expire one lease duration after the standby scans began — ≈ 14–16 s after
-//! the crash — instead of a lease duration after the takeover. Standby scans happen only while the
-//! lock looks stale, so a healthy fleet pays nothing for them.
+//! **Standby scans.** A new leader has no observations of the other workers' leases. A contender
+//! that sees the lock's version unchanged for two heartbeat periods (the leader looks dead) reads
+//! the lease table and the worker metrics on each lock check and records observations without
+//! writing, so the leases of a worker that died shortly before the leader expire on time after
+//! the takeover. Standby scans happen only while the lock looks stale.
 //!
 //! # Live workers
 //!
 //! A worker may receive leases while its metrics row keeps changing: the leader records, per
-//! worker, the `last_update_secs` it last saw and when it first saw it; a row unchanged for a
-//! lease duration, or absent, marks the worker dead (it receives nothing; its leases expire on
-//! their counters). A new leader gives every existing row the benefit of the doubt, except the
-//! previous lock holder it just replaced, which is taken as dead until its row changes again.
-//! Rows unchanged for `stale_worker_metrics_cleanup` are deleted.
+//! worker, the `last_update_secs` it last saw and when it first saw it; a row unchanged for three
+//! metrics periods (or a lease duration, if shorter), or absent, marks the worker dead for
+//! assignment. A leader of a starting fleet (the lock was free) trusts a row it sees for the first
+//! time; after a takeover only rows it saw changing count (the standby scans watched them), since
+//! a row may be a dead worker's last report. The leader's own row always counts.
+//!
+//! A worker that let a lease expire is excluded from receiving leases — a dead worker's load just
+//! fell, so it would look least loaded; a worker cut off from the lease table still reports its
+//! metrics — until the leader sees it writing a lease it holds (a renewal or checkpoint), or until
+//! the exclusion ends: 10 s, doubling while it keeps letting leases expire, up to 5 minutes. The
+//! replaced leader is excluded at a takeover too. Rows unchanged for
+//! `stale_worker_metrics_cleanup` are deleted.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

@@ -489,10 +489,12 @@ impl Run {
         for earlier in self.kills.iter_mut().filter(|k| now.saturating_duration_since(k.at) < lease * 2 + Duration::from_secs(5)) {
             earlier.calm = false;
         }
+        // Somebody must be left to take the shards over.
+        let survivors = self.workers.iter().filter(|h| h.is_some()).count();
         self.kills.push(Kill {
             victim: worker_name(i),
             leader,
-            calm: !disturbed && (!recent_kill || during_failover),
+            calm: survivors > 0 && !disturbed && (!recent_kill || during_failover),
             during_failover,
             at: now,
             shards,

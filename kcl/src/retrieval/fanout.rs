@@ -14,7 +14,8 @@
 //!   starting at 1 s; one that delivers no event for `max_time_between_events` is dropped and
 //!   renewed (the service sends at least one event every 5 s).
 //! * An event without a continuation sequence number is the shard's end: its batch carries the
-//!   child shards and the fetcher stops.
+//!   child shards and the fetcher stops. So does a subscription refused with
+//!   `ResourceNotFoundException` for a shard a listing no longer shows (expired past retention).
 
 use std::sync::Arc;
 
