@@ -101,15 +101,20 @@ async fn existing_tables_are_reused_and_a_foreign_schema_is_refused() {
     assert!(!err.is_retryable());
 }
 
-/// A client of the same DynamoDB Local as `stores`, with `interceptor` on every request.
-async fn stores_with(stores: &DynamoDbStores, interceptor: impl Intercept + 'static) -> DynamoDbStores {
+/// The SDK configuration for the DynamoDB Local of this run.
+async fn local_sdk_config() -> aws_config::SdkConfig {
     let endpoint = std::env::var("DYNAMODB_LOCAL_ENDPOINT").expect("set");
-    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
         .endpoint_url(endpoint)
         .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
         .credentials_provider(aws_sdk_dynamodb::config::Credentials::new("test", "test", None, None, "test"))
         .load()
-        .await;
+        .await
+}
+
+/// A client of the same DynamoDB Local as `stores`, with `interceptor` on every request.
+async fn stores_with(stores: &DynamoDbStores, interceptor: impl Intercept + 'static) -> DynamoDbStores {
+    let sdk = local_sdk_config().await;
     let config = aws_sdk_dynamodb::config::Builder::from(&sdk).interceptor(interceptor).build();
     DynamoDbStores::builder()
         .client(aws_sdk_dynamodb::Client::from_conf(config))
@@ -252,15 +257,7 @@ async fn a_malformed_lease_item_is_skipped_and_counted() {
     let good = kcl::Lease::new("shardId-000000000003", kinesis_core::ExtendedSequenceNumber::TrimHorizon);
     store.create_lease_if_not_exists(&good).await.expect("create");
     // An item some other tool wrote: its counter is text.
-    let endpoint = std::env::var("DYNAMODB_LOCAL_ENDPOINT").expect("set");
-    let client = aws_sdk_dynamodb::Client::new(
-        &aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .endpoint_url(endpoint)
-            .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
-            .credentials_provider(aws_sdk_dynamodb::config::Credentials::new("test", "test", None, None, "test"))
-            .load()
-            .await,
-    );
+    let client = aws_sdk_dynamodb::Client::new(&local_sdk_config().await);
     client
         .put_item()
         .table_name(&stores.table_names().leases)

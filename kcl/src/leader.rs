@@ -215,7 +215,8 @@ impl WorkerLiveness {
                     *seen = RowSeen { secs: row.last_update_secs, since: now, watched_change, last_seen: now };
                 }
                 None => {
-                    let row_seen = RowSeen { secs: row.last_update_secs, since: now, watched_change: false, last_seen: now };
+                    let row_seen =
+                        RowSeen { secs: row.last_update_secs, since: now, watched_change: false, last_seen: now };
                     self.seen.insert(row.worker_id.clone(), row_seen);
                 }
             }
