@@ -18,7 +18,7 @@
 //!   over all seeds, worker failovers stay within 1.5 lease durations at the 95th percentile;
 //! * no task panics, and the run ends.
 //!
-//! CI runs 50 seeds. `KCL_CAMPAIGN_SEEDS=1000` runs more, `KCL_CAMPAIGN_FIRST_SEED=n` starts
+//! CI runs 200 seeds (about half a minute on two cores). `KCL_CAMPAIGN_SEEDS=1000` runs more, `KCL_CAMPAIGN_FIRST_SEED=n` starts
 //! elsewhere, and `KCL_CAMPAIGN_SEED=n` runs one seed and prints its schedule: a failing seed's
 //! schedule is a function of the seed alone.
 
@@ -900,24 +900,24 @@ fn seeded_fault_campaign() {
         }
         None => {
             let first = env_u64("KCL_CAMPAIGN_FIRST_SEED").unwrap_or(1);
-            (first..first + env_u64("KCL_CAMPAIGN_SEEDS").unwrap_or(50)).collect()
+            (first..first + env_u64("KCL_CAMPAIGN_SEEDS").unwrap_or(200)).collect()
         }
     };
     let started = std::time::Instant::now();
     // Two seeds at a time (the machine's cores), each on its own thread and paused-time runtime.
     // A seed that does not end within 120 s of wall time fails (its thread is left behind).
     let queue = Arc::new(Mutex::new(seeds.clone().into_iter()));
+    let running: Arc<Mutex<HashMap<u64, std::time::Instant>>> = Arc::new(Mutex::new(HashMap::new()));
     let (done, results_rx) = std::sync::mpsc::channel::<(u64, Result<Report, String>)>();
-    let (started_tx, started_rx) = std::sync::mpsc::channel::<(u64, std::time::Instant)>();
-    let spawn_runner = |queue: Arc<Mutex<std::vec::IntoIter<u64>>>| {
-        let done = done.clone();
-        let started_tx = started_tx.clone();
+    let spawn_runner = || {
+        let (queue, running, done) = (queue.clone(), running.clone(), done.clone());
         std::thread::spawn(move || {
             loop {
                 let Some(seed) = lock(&queue).next() else { return };
-                let _ = started_tx.send((seed, std::time::Instant::now()));
+                lock(&running).insert(seed, std::time::Instant::now());
                 let outcome = std::panic::catch_unwind(|| run_on_this_thread(seed))
                     .unwrap_or_else(|_| Err("the run panicked".to_owned()));
+                lock(&running).remove(&seed);
                 if done.send((seed, outcome)).is_err() {
                     return;
                 }
@@ -925,30 +925,28 @@ fn seeded_fault_campaign() {
         })
     };
     for _ in 0..2 {
-        spawn_runner(queue.clone());
+        spawn_runner();
     }
-
     let mut results: Vec<(u64, Result<Report, String>)> = Vec::new();
-    let mut running: HashMap<u64, std::time::Instant> = HashMap::new();
     while results.len() < seeds.len() {
-        while let Ok((seed, at)) = started_rx.try_recv() {
-            running.insert(seed, at);
-        }
         match results_rx.recv_timeout(Duration::from_secs(1)) {
-            Ok((seed, outcome)) => {
-                running.remove(&seed);
-                results.push((seed, outcome));
-            }
+            Ok(result) => results.push(result),
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
         }
-        let stuck: Vec<u64> =
-            running.iter().filter(|(_, at)| at.elapsed() > Duration::from_secs(120)).map(|(s, _)| *s).collect();
+        let stuck: Vec<u64> = {
+            let mut running = lock(&running);
+            let stuck: Vec<u64> =
+                running.iter().filter(|(_, at)| at.elapsed() > Duration::from_secs(120)).map(|(s, _)| *s).collect();
+            for seed in &stuck {
+                running.remove(seed);
+            }
+            stuck
+        };
         for seed in stuck {
-            running.remove(&seed);
             results.push((seed, Err("the run did not end within 120 s of wall time".to_owned())));
             // Its thread is stuck: start another for the remaining seeds.
-            spawn_runner(queue.clone());
+            spawn_runner();
         }
     }
     let mut worker_failovers = Vec::new();
