@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use backon::ExponentialBuilder;
+use kinesis_core::aggregation::DecodeLimits;
 
 /// Where a new application starts reading a shard. Used only when a lease is created for a shard
 /// that has no leased ancestor; shards created by resharding always start at `TRIM_HORIZON` so no
@@ -301,9 +302,15 @@ pub struct SchedulerConfig {
     pub process_error_policy: ProcessErrorPolicy,
     /// Prefetched batches per shard. Default 4.
     pub max_prefetch_batches: usize,
-    /// Prefetched bytes per shard (user data). Default 8 MiB. A single batch larger than this is
-    /// still admitted alone.
+    /// Prefetched bytes per shard: user data plus about 130 bytes per user record. Default 8 MiB.
+    /// A read is expanded in batches of at most half of this (a single Kinesis record is expanded
+    /// whole), each admitted before the next is expanded.
     pub max_prefetch_bytes: usize,
+    /// Most user records one aggregate may hold; a record that holds more (or a compressed one
+    /// that inflates beyond the stream's maximum record size) is not expanded: it is not
+    /// delivered and is counted in `DeaggregationErrors`. Default 262,144 — far above what a
+    /// producer writes, far below what would exhaust a worker's memory.
+    pub max_user_records_per_aggregate: usize,
     /// Call `process_records` even when a read returned no records. Default false.
     pub call_process_records_even_for_empty_list: bool,
     /// Polling settings.
@@ -336,6 +343,7 @@ impl Default for SchedulerConfig {
             process_error_policy: ProcessErrorPolicy::default(),
             max_prefetch_batches: 4,
             max_prefetch_bytes: 8 * 1024 * 1024,
+            max_user_records_per_aggregate: DecodeLimits::default().max_user_records,
             call_process_records_even_for_empty_list: false,
             polling: PollingConfig::default(),
             fan_out: FanOutConfig::default(),

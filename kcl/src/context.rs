@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use kinesis_core::aggregation::DecodeLimits;
 use kinesis_core::{Kinesis, ShardId, StreamRef};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -109,6 +110,8 @@ pub(crate) struct WorkerContext {
     pub stop_renewer: CancellationToken,
     /// The leader fence and the leases it quarantined.
     pub fencing: Arc<Fencing>,
+    /// The stream's maximum record size, read once (`DescribeStreamSummary`).
+    pub max_record_bytes: tokio::sync::OnceCell<usize>,
     pub tracker: TaskTracker,
     pub metrics: WorkerMetricHandles,
     pub wall: WallClock,
@@ -125,6 +128,28 @@ impl WorkerContext {
             fencing: self.fencing.clone(),
         };
         HeldLease::new(lease, shard_id, worker)
+    }
+
+    /// How far a record of this stream may expand: compressed aggregates inflate to at most the
+    /// stream's maximum record size (read once; the service's largest, 10 MiB, until it is
+    /// known), and aggregates hold at most `max_user_records_per_aggregate` user records.
+    pub async fn decode_limits(&self) -> DecodeLimits {
+        let defaults = DecodeLimits::default();
+        let describe = || async {
+            let summary = self.kinesis.describe_stream_summary(&self.stream).await?;
+            Ok::<_, kinesis_core::KinesisError>(summary.max_record_size_kib as usize * 1024)
+        };
+        let max_record_bytes = match self.max_record_bytes.get_or_try_init(describe).await {
+            Ok(bytes) => (*bytes).min(defaults.max_inflated_bytes),
+            Err(e) => {
+                tracing::debug!(error = %e, "reading the stream's maximum record size failed; using the service's largest");
+                defaults.max_inflated_bytes
+            }
+        };
+        DecodeLimits {
+            max_inflated_bytes: max_record_bytes,
+            max_user_records: self.config.max_user_records_per_aggregate,
+        }
     }
 
     pub fn at_timestamp(&self) -> Option<SystemTime> {

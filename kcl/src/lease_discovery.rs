@@ -31,6 +31,10 @@ pub(crate) async fn run(ctx: Arc<WorkerContext>) {
 
 /// One discovery pass.
 pub(crate) async fn discover(ctx: &Arc<WorkerContext>) {
+    // The leader fence is ending every held lease: take up nothing until it has.
+    if ctx.fencing.has_passed() {
+        return;
+    }
     let keys = match ctx.lease_store.list_lease_keys_owned_by(&ctx.worker_id).await {
         Ok(keys) => keys,
         Err(e) => {

@@ -146,6 +146,9 @@ struct Status {
     checkpoint: kinesis_core::ExtendedSequenceNumber,
     /// The counter as last written or read (for lock-free reads).
     counter: u64,
+    /// The tokens of this worker's writes the item may show now: the last one that landed, and
+    /// those whose outcome is unknown (for the fence's quarantine).
+    tokens: Vec<WriteToken>,
 }
 
 /// The leader fence of one worker, and the leases it quarantined.
@@ -161,7 +164,17 @@ struct Status {
 #[derive(Debug)]
 pub(crate) struct Fencing {
     deadline: watch::Sender<Option<Instant>>,
-    quarantined: Mutex<HashMap<String, u64>>,
+    quarantined: Mutex<HashMap<String, Quarantine>>,
+}
+
+/// A lease this worker dropped at its fence, and how to tell whether anyone else wrote it since.
+#[derive(Debug)]
+struct Quarantine {
+    /// The tokens this worker's writes may have left on the item.
+    tokens: Vec<WriteToken>,
+    /// For an item without a token (written by the Java KCL): the highest counter this worker's
+    /// own writes may have left (one write may still be in flight).
+    counter_limit: u64,
 }
 
 impl Default for Fencing {
@@ -181,34 +194,46 @@ impl Fencing {
         *self.deadline.borrow()
     }
 
+    /// Whether the fence deadline has passed (the fence fires, or is about to).
+    pub fn has_passed(&self) -> bool {
+        self.deadline().is_some_and(|at| Instant::now() >= at)
+    }
+
     /// Fires the fence: every lease in `registry` is lost and quarantined; the deadline clears.
     pub fn fire(&self, registry: &LeaseRegistry, why: &str) {
-        let held = registry.all();
-        {
-            let mut quarantined = lock(&self.quarantined);
-            for lease in &held {
-                // One write of this worker may still be in flight and land: counter + 1.
-                quarantined.insert(lease.key.clone(), lease.counter() + 1);
-            }
-        }
-        for lease in &held {
+        for lease in registry.all() {
+            self.quarantine(&lease);
             lease.mark_lost(why);
         }
         self.set_deadline(None);
     }
 
+    /// Keeps discovery off `lease` until someone else writes it.
+    fn quarantine(&self, lease: &HeldLease) {
+        let (tokens, counter) = {
+            let status = lock(&lease.status);
+            (status.tokens.clone(), status.counter)
+        };
+        let quarantine = Quarantine { tokens, counter_limit: counter + 1 };
+        lock(&self.quarantined).insert(lease.key.clone(), quarantine);
+    }
+
     /// Whether discovery must leave `lease` alone: it was quarantined by the fence and nobody else
-    /// has written it since. Forgets quarantines that no longer apply.
+    /// has written it since (the item still shows one of this worker's tokens, or — written by a
+    /// client without tokens — a counter this worker's own writes can have left). Forgets
+    /// quarantines that no longer apply.
     pub fn is_quarantined(&self, lease: &Lease, me: &str) -> bool {
         let mut quarantined = lock(&self.quarantined);
-        match quarantined.get(&lease.lease_key) {
-            Some(&limit) if lease.is_owned_by(me) && lease.lease_counter <= limit => true,
-            Some(_) => {
-                quarantined.remove(&lease.lease_key);
-                false
-            }
-            None => false,
+        let Some(quarantine) = quarantined.get(&lease.lease_key) else { return false };
+        let untouched = match &lease.last_write {
+            Some(token) => quarantine.tokens.contains(token),
+            None => lease.lease_counter <= quarantine.counter_limit,
+        };
+        if lease.is_owned_by(me) && untouched {
+            return true;
         }
+        quarantined.remove(&lease.lease_key);
+        false
     }
 
     /// Waits for the deadline and fires the fence on `registry`; runs until cancelled.
@@ -286,6 +311,7 @@ impl HeldLease {
                 last_sample_at: now,
                 checkpoint: lease.checkpoint.clone(),
                 counter: lease.lease_counter,
+                tokens: Vec::new(),
             }),
             view: tokio::sync::Mutex::new(View { lease, unanswered: Vec::new() }),
             fencing: worker.fencing,
@@ -305,11 +331,6 @@ impl HeldLease {
         lock(&self.status).checkpoint.clone()
     }
 
-    /// The counter as last written or read.
-    pub fn counter(&self) -> u64 {
-        lock(&self.status).counter
-    }
-
     /// Whether the lease is lost.
     pub fn is_lost(&self) -> bool {
         self.lost.is_cancelled()
@@ -326,9 +347,18 @@ impl HeldLease {
         })
     }
 
-    /// Whether the lease is lost, marking it lost first when its local expiry has passed.
+    /// Whether the lease is lost, marking it lost first when its local expiry has passed (and
+    /// quarantining it when the leader fence is what ended it, as the fence itself does).
     pub fn expire_if_due(&self) -> bool {
-        if !self.is_lost() && self.local_expiry().is_some_and(|at| Instant::now() >= at) {
+        if self.is_lost() {
+            return true;
+        }
+        let now = Instant::now();
+        let Some(own) = lock(&self.status).last_renewed.map(|at| at + self.lease_duration) else { return false };
+        if self.fencing.has_passed() {
+            self.fencing.quarantine(self);
+            self.mark_lost("the leader lock was not heartbeated for its lease duration");
+        } else if now >= own {
             self.mark_lost("not renewed for a lease duration on this worker's clock");
         }
         self.is_lost()
@@ -429,6 +459,10 @@ impl HeldLease {
             }
             status.checkpoint = lease.checkpoint.clone();
             status.counter = lease.lease_counter;
+            status.tokens.clear();
+            if landed.is_some() {
+                status.tokens.extend(lease.last_write.clone());
+            }
         }
         if self.shows_handoff(&lease) {
             self.enter_handoff(&lease);
@@ -480,6 +514,12 @@ impl HeldLease {
                     return Err(WriteError::Lost);
                 }
                 Err(e) => {
+                    {
+                        let mut status = lock(&self.status);
+                        if status.tokens.len() < MAX_UNANSWERED {
+                            status.tokens.push(token.clone());
+                        }
+                    }
                     view.remember(token, sent_at, kind);
                     return Err(WriteError::Store(e));
                 }

@@ -12,7 +12,7 @@
 //! | `ExpiredIterator` | counter | shard | iterators that expired and were re-created |
 //! | `ProcessRecordsErrors` | counter | shard | `process_records` calls that returned an error |
 //! | `DroppedOutOfRangeSubRecords` | counter | shard | KPL sub-records outside the lease's hash range |
-//! | `DeaggregationErrors` | counter | shard | aggregates that could not be expanded (not delivered) |
+//! | `DeaggregationErrors` | counter | shard | aggregates that could not be expanded, or were over a decoding limit (not delivered) |
 //! | `CurrentLeases` | gauge | worker | leases held |
 //! | `TakenLeases` | counter | worker | leases this worker started processing |
 //! | `LostLeases` | counter | worker | leases lost (renewal or checkpoint refused, expired locally) |

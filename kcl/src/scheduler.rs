@@ -218,6 +218,7 @@ impl SchedulerBuilder {
             state,
             stop_renewer: abort.child_token(),
             fencing: Arc::new(Fencing::default()),
+            max_record_bytes: tokio::sync::OnceCell::new(),
             abort,
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),

@@ -18,6 +18,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
+use kinesis_core::aggregation::DecodeLimits;
 use kinesis_core::shard::ChildShard;
 use kinesis_core::{ExtendedSequenceNumber, ShardId};
 use tokio::time::{Instant, sleep, sleep_until};
@@ -239,7 +240,7 @@ impl ShardConsumer {
         }
     }
 
-    fn fetch_context(&self, view: &Lease) -> FetchContext {
+    fn fetch_context(&self, view: &Lease, decode_limits: DecodeLimits) -> FetchContext {
         let ctx = self.ctx.clone();
         let key = self.lease.key.clone();
         FetchContext {
@@ -249,6 +250,7 @@ impl ShardConsumer {
             checkpoint: view.checkpoint.clone(),
             at_timestamp: self.ctx.at_timestamp(),
             hash_range: view.hash_key_range,
+            decode_limits,
             config: self.ctx.config.clone(),
             metrics: self.metrics.clone(),
             report: Arc::new(move |message| {
@@ -271,7 +273,7 @@ impl ShardConsumer {
         let (queue, mut batches) = retrieval::prefetch_queue(config.max_prefetch_batches, config.max_prefetch_bytes);
         let fetch_token = self.lease.lost.child_token();
         let _stop_fetcher = fetch_token.clone().drop_guard();
-        let fetch = self.fetch_context(view);
+        let fetch = self.fetch_context(view, self.ctx.decode_limits().await);
         match (&self.ctx.retrieval, &self.ctx.fanout) {
             (RetrievalMode::FanOut { .. }, Some(consumer)) => {
                 let consumer = consumer.clone();

@@ -4,69 +4,11 @@
 
 mod support;
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kcl::LeaseStore;
-use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, SharedString, Unit};
 use support::*;
 use tokio::time::sleep;
-
-/// Keeps every counter and gauge, keyed `Name{label=value,…}` (labels sorted).
-#[derive(Default)]
-struct TestRecorder {
-    counters: Mutex<BTreeMap<String, Arc<AtomicU64>>>,
-    gauges: Mutex<BTreeMap<String, Arc<AtomicU64>>>,
-}
-
-fn render(key: &Key) -> String {
-    let mut labels: Vec<String> = key.labels().map(|l| format!("{}={}", l.key(), l.value())).collect();
-    labels.sort();
-    format!("{}{{{}}}", key.name(), labels.join(","))
-}
-
-impl TestRecorder {
-    fn counter(&self, key: &str) -> u64 {
-        lock(&self.counters).get(key).map_or(0, |c| c.load(Ordering::SeqCst))
-    }
-
-    /// Sum of the counters `name{…}` whose labels include `label`.
-    fn counter_sum(&self, name: &str, label: &str) -> u64 {
-        lock(&self.counters)
-            .iter()
-            .filter(|(k, _)| k.starts_with(&format!("{name}{{")) && k.contains(label))
-            .map(|(_, c)| c.load(Ordering::SeqCst))
-            .sum()
-    }
-
-    fn gauge(&self, key: &str) -> Option<f64> {
-        lock(&self.gauges).get(key).map(|g| f64::from_bits(g.load(Ordering::SeqCst)))
-    }
-
-    fn gauge_keys(&self, name: &str) -> Vec<String> {
-        lock(&self.gauges).keys().filter(|k| k.starts_with(&format!("{name}{{"))).cloned().collect()
-    }
-}
-
-impl metrics::Recorder for TestRecorder {
-    fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-    fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-    fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-
-    fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
-        Counter::from_arc(lock(&self.counters).entry(render(key)).or_default().clone())
-    }
-
-    fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
-        Gauge::from_arc(lock(&self.gauges).entry(render(key)).or_default().clone())
-    }
-
-    fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
-        Histogram::noop()
-    }
-}
 
 #[tokio::test(start_paused = true)]
 async fn metrics_are_emitted_under_the_kcl_names() {

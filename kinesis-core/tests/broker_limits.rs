@@ -335,6 +335,27 @@ async fn update_shard_count_scales_uniformly_with_lineage() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_refused_scaling_does_not_use_up_the_daily_quota() {
+    // An account of 100 shards, 94 of them taken: scaling 4 → 8 does not fit.
+    let (broker, stream) = broker_with_stream(BrokerConfig { shard_limit: 100, ..BrokerConfig::default() }, 4).await;
+    broker.create_stream(CreateStreamRequest::provisioned("big", 90)).await.expect("create");
+    for _ in 0..12 {
+        let err = broker.update_shard_count(&stream, 8).await.expect_err("over the account's shard limit");
+        assert!(matches!(err, KinesisError::LimitExceeded { .. }), "{err:?}");
+        assert!(!err.message().contains("10 scaling operations"), "{}", err.message());
+    }
+    broker.delete_stream(&StreamRef::from("big"), false).await.expect("delete");
+    // Ten scalings that go ahead are still allowed (4 → 3 → 4 → …: within the shard limit).
+    for i in 0..10 {
+        let target = if i % 2 == 0 { 3 } else { 4 };
+        broker.update_shard_count(&stream, target).await.expect("a scaling within the quota");
+        advance(Duration::from_secs(1)).await;
+    }
+    let err = broker.update_shard_count(&stream, 3).await.expect_err("the eleventh in 24 hours");
+    assert!(err.message().contains("Exceeded the limit of 10 scaling operations"), "{}", err.message());
+}
+
+#[tokio::test(start_paused = true)]
 async fn on_demand_streams_split_hot_shards() {
     let broker = MemoryBroker::new();
     broker.create_stream(CreateStreamRequest::on_demand("od")).await.expect("create");

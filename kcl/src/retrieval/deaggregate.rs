@@ -40,12 +40,22 @@
 //! As in the Java KCL: a record that carries the magic but fails its checksum or does not parse
 //! is delivered as a plain record; an aggregate that parses but refers to missing keys is not
 //! delivered, and counted in `DeaggregationErrors` with an error log.
+//!
+//! # Bounds
+//!
+//! Nothing a producer writes can make a worker allocate without bound: a compressed envelope is
+//! inflated at most to the stream's maximum record size, an aggregate of more user records than
+//! [`DecodeLimits::max_user_records`] (262,144 by default) is not expanded, and both are handled
+//! as undecodable aggregates (not delivered, counted in `DeaggregationErrors`). A read is expanded
+//! in chunks ([`Deaggregator::expand_chunk`]) each charged against the shard's prefetch budget
+//! before the next is expanded — its data bytes plus [`RECORD_OVERHEAD_BYTES`] per user record — so
+//! a read of many small user records is split into several batches rather than expanded whole.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
-use kinesis_core::aggregation::{DIGEST_LEN, Decoded, MAGIC, decode_record, is_aggregated};
+use kinesis_core::aggregation::{DIGEST_LEN, DecodeLimits, Decoded, MAGIC, decode_record_with_limits, is_aggregated};
 use kinesis_core::{ExtendedSequenceNumber, HashKey, HashKeyRange, Record, SequenceNumber};
 use md5::{Digest, Md5};
 
@@ -58,6 +68,19 @@ use crate::record::KinesisClientRecord;
 const KEY_CACHE_CAPACITY: usize = 1 << 12;
 /// Most user records a batch vector is sized for in advance (it still grows beyond).
 const MAX_PREALLOCATED: usize = 1 << 17;
+
+/// What a user record costs a worker beyond its data, as the prefetch budget counts it: the
+/// record itself (sequence number, key, timestamps, the data's handle).
+pub(crate) const RECORD_OVERHEAD_BYTES: usize = std::mem::size_of::<KinesisClientRecord>() + 32;
+
+/// User records expanded from some of a read's Kinesis records.
+pub(crate) struct Expanded {
+    pub records: Vec<KinesisClientRecord>,
+    /// Their data bytes.
+    pub bytes: usize,
+    /// What they cost the prefetch budget: data plus the per-record overhead.
+    pub charge: usize,
+}
 
 /// A fast hasher for short partition keys (the cache is private, so no flooding concern beyond
 /// the capacity bound).
@@ -96,6 +119,8 @@ pub(crate) struct Deaggregator {
     keys: HashMap<Arc<str>, bool, BuildHasherDefault<KeyHasher>>,
     /// The current aggregate's key table, resolved against `keys` (reused between aggregates).
     table: Vec<(Arc<str>, bool)>,
+    /// How far one record may expand.
+    limits: DecodeLimits,
     /// User records per Kinesis record in the last expanded read (to size the next batch).
     expansion: f64,
     /// Sub-records dropped as out of range since the last [`take_counts`](Self::take_counts).
@@ -106,13 +131,14 @@ pub(crate) struct Deaggregator {
 
 impl Deaggregator {
     /// A de-aggregator for a lease with hash range `range`, resuming after `resume_after`
-    /// (a concrete checkpoint; sentinels skip nothing).
-    pub fn new(range: Option<HashKeyRange>, resume_after: &ExtendedSequenceNumber) -> Self {
+    /// (a concrete checkpoint; sentinels skip nothing), expanding records within `limits`.
+    pub fn new(range: Option<HashKeyRange>, resume_after: &ExtendedSequenceNumber, limits: DecodeLimits) -> Self {
         Deaggregator {
             range: range.filter(|r| *r != HashKeyRange::FULL),
             resume_after: resume_after.sequence_number().map(|seq| (seq.clone(), resume_after.sub_sequence_number())),
             keys: HashMap::default(),
             table: Vec::new(),
+            limits,
             expansion: 1.0,
             dropped_out_of_range: 0,
             errors: 0,
@@ -144,7 +170,8 @@ impl Deaggregator {
 
     /// Expands a well-formed aggregate in one pass (see the module docs). `None` — with `out`
     /// and the counters untouched — when the record is anything else: the caller then uses the
-    /// reference decoder.
+    /// reference decoder. An aggregate over the user-record limit is dropped here (`Some(0)`,
+    /// counted as an error).
     fn push_fast(
         &mut self,
         record: &Record,
@@ -162,10 +189,20 @@ impl Deaggregator {
         }
         let start_len = out.len();
         let result = self.expand_fast(record, body, skip_through, out);
-        if result.is_none() {
-            out.truncate(start_len);
+        match result {
+            Some(Fast::Expanded(bytes)) => Some(bytes),
+            Some(Fast::OverLimit) => {
+                out.truncate(start_len);
+                out.shrink_to(start_len.max(MAX_PREALLOCATED));
+                tracing::error!(sequence_number = %record.sequence_number, limit = self.limits.max_user_records, "aggregated record holds more user records than allowed; not delivered");
+                self.errors += 1;
+                Some(0)
+            }
+            None => {
+                out.truncate(start_len);
+                None
+            }
         }
-        result
     }
 
     fn expand_fast(
@@ -174,7 +211,7 @@ impl Deaggregator {
         body: &[u8],
         skip_through: Option<u64>,
         out: &mut Vec<KinesisClientRecord>,
-    ) -> Option<usize> {
+    ) -> Option<Fast> {
         let mut table = std::mem::take(&mut self.table);
         table.clear();
         let mut pos = 0;
@@ -200,6 +237,10 @@ impl Deaggregator {
                     }
                 },
                 3 => {
+                    if position as usize >= self.limits.max_user_records {
+                        self.table = table;
+                        return Some(Fast::OverLimit);
+                    }
                     let Some((index, data_range)) = read_user_record(value) else {
                         ok = false;
                         break;
@@ -243,19 +284,25 @@ impl Deaggregator {
             return None;
         }
         self.dropped_out_of_range += dropped;
-        Some(bytes)
+        Some(Fast::Expanded(bytes))
     }
 
-    /// Expands the records of one read; returns the user records and their data bytes. The
-    /// vector is sized from the previous read's expansion, so a read of aggregates does not grow
-    /// it (and copy it) a dozen times.
-    pub fn expand(&mut self, records: Vec<Record>) -> (Vec<KinesisClientRecord>, usize) {
-        let read = records.len();
-        let estimate = (read as f64 * self.expansion).ceil() as usize;
-        let mut out = Vec::with_capacity(estimate.clamp(read, MAX_PREALLOCATED.max(read)));
-        let mut bytes = 0;
-        for record in records {
+    /// Expands Kinesis records from `records` until the user records expanded cost at least
+    /// `budget` (data bytes plus [`RECORD_OVERHEAD_BYTES`] each) or `records` is empty; a record
+    /// is expanded whole. The vector is sized from earlier expansions, so a read of aggregates
+    /// does not grow it (and copy it) a dozen times.
+    pub fn expand_chunk(&mut self, records: &mut impl ExactSizeIterator<Item = Record>, budget: usize) -> Expanded {
+        let estimate = (records.len() as f64 * self.expansion).ceil() as usize;
+        let per_record = RECORD_OVERHEAD_BYTES.max(1);
+        let fits = budget / per_record + 1;
+        let mut out = Vec::with_capacity(estimate.min(fits).clamp(records.len().min(fits), MAX_PREALLOCATED));
+        let (mut bytes, mut read) = (0, 0);
+        for record in records.by_ref() {
+            read += 1;
             bytes += self.push(record, &mut out);
+            if bytes + out.len() * RECORD_OVERHEAD_BYTES >= budget {
+                break;
+            }
         }
         if read > 0 {
             self.expansion = out.len().max(1) as f64 / read as f64;
@@ -264,7 +311,8 @@ impl Deaggregator {
         if out.capacity() > 2 * out.len() + 1024 {
             out.shrink_to_fit();
         }
-        (out, bytes)
+        let charge = bytes + out.len() * RECORD_OVERHEAD_BYTES;
+        Expanded { records: out, bytes, charge }
     }
 
     /// Expands `record` into `out`; returns the data bytes added.
@@ -291,7 +339,7 @@ impl Deaggregator {
         skip_through: Option<u64>,
         out: &mut Vec<KinesisClientRecord>,
     ) -> usize {
-        match decode_record(&record.data) {
+        match decode_record_with_limits(&record.data, &self.limits) {
             Ok(Decoded::NotAggregated) => {
                 if skip_through.is_some() {
                     return 0;
@@ -366,6 +414,14 @@ impl Deaggregator {
             }
         }
     }
+}
+
+/// What the fast path made of an aggregate.
+enum Fast {
+    /// Expanded; the data bytes added.
+    Expanded(usize),
+    /// More user records than the limit allows.
+    OverLimit,
 }
 
 /// Reads a protobuf varint; `None` when truncated or longer than a `u64` (as `prost` rejects).
@@ -454,7 +510,7 @@ mod tests {
 
     #[test]
     fn plain_and_aggregated_records_keep_sub_sequence_numbers() {
-        let mut d = Deaggregator::new(None, &ExtendedSequenceNumber::TrimHorizon);
+        let mut d = Deaggregator::new(None, &ExtendedSequenceNumber::TrimHorizon, DecodeLimits::default());
         let mut out = Vec::new();
         d.push(record(5, Bytes::from_static(b"plain")), &mut out);
         d.push(record(6, aggregate(&["a", "b", "a"])), &mut out);
@@ -468,7 +524,7 @@ mod tests {
     #[test]
     fn resume_skips_positions_at_or_below_the_checkpoint() {
         let checkpoint = ExtendedSequenceNumber::at_sub(SequenceNumber::from_u128(6), 1);
-        let mut d = Deaggregator::new(None, &checkpoint);
+        let mut d = Deaggregator::new(None, &checkpoint, DecodeLimits::default());
         let mut out = Vec::new();
         d.push(record(5, Bytes::from_static(b"old")), &mut out);
         d.push(record(6, aggregate(&["a", "b", "c"])), &mut out);
@@ -488,7 +544,7 @@ mod tests {
         let keys =
             [low[0].as_str(), high[0].as_str(), low[1].as_str(), high[1].as_str(), low[2].as_str(), low[0].as_str()];
         let range = HashKeyRange::new(HashKey::MIN, HashKey::new(mid.value() - 1));
-        let mut d = Deaggregator::new(range, &ExtendedSequenceNumber::TrimHorizon);
+        let mut d = Deaggregator::new(range, &ExtendedSequenceNumber::TrimHorizon, DecodeLimits::default());
         let mut out = Vec::new();
         d.push(record(9, aggregate(&keys)), &mut out);
         // A plain record is never filtered, whatever its key.
@@ -502,7 +558,7 @@ mod tests {
     fn compressed_aggregates_are_expanded() {
         let agg = aggregate(&["x", "y"]);
         let compressed = kinesis_core::aggregation::compression::compress(&agg, 6);
-        let mut d = Deaggregator::new(None, &ExtendedSequenceNumber::TrimHorizon);
+        let mut d = Deaggregator::new(None, &ExtendedSequenceNumber::TrimHorizon, DecodeLimits::default());
         let mut out = Vec::new();
         d.push(record(1, compressed), &mut out);
         assert_eq!(out.len(), 2);
@@ -514,7 +570,7 @@ mod tests {
         let mut agg = aggregate(&["x", "y"]).to_vec();
         let last = agg.len() - 1;
         agg[last] ^= 0xff;
-        let mut d = Deaggregator::new(None, &ExtendedSequenceNumber::TrimHorizon);
+        let mut d = Deaggregator::new(None, &ExtendedSequenceNumber::TrimHorizon, DecodeLimits::default());
         let mut out = Vec::new();
         d.push(record(1, Bytes::from(agg)), &mut out);
         assert_eq!(out.len(), 1);
@@ -691,8 +747,8 @@ mod tests {
                 Some(sub) => ExtendedSequenceNumber::at_sub(SequenceNumber::from_u128(7), sub),
                 None => ExtendedSequenceNumber::TrimHorizon,
             };
-            let mut fast = Deaggregator::new(range, &resume);
-            let mut reference = Deaggregator::new(range, &resume);
+            let mut fast = Deaggregator::new(range, &resume, DecodeLimits::default());
+            let mut reference = Deaggregator::new(range, &resume, DecodeLimits::default());
             let (mut a, mut b) = (vec![], vec![]);
             // A plain record first, to have something in `out` the fast path must not disturb.
             let plain = record(8, Bytes::from_static(b"plain"));

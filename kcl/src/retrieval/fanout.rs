@@ -136,7 +136,7 @@ pub(crate) async fn run(ctx: FetchContext, consumer: Arc<FanOutConsumer>, queue:
             Err(e) => {
                 if e.is_not_found() {
                     if let Some(children) = ctx.children_if_gone().await {
-                        let _ = queue.send(Batch::new(Vec::new(), 0, None, Some(children))).await;
+                        let _ = queue.send(Batch::end(children)).await;
                         return;
                     }
                     consumer.invalidate(&arn).await;
@@ -193,11 +193,10 @@ pub(crate) async fn run(ctx: FetchContext, consumer: Arc<FanOutConsumer>, queue:
                         (None, Some(last)) => position = StartingPosition::AfterSequenceNumber(last),
                         (None, None) => {}
                     }
-                    let (records, bytes) = deagg.expand(event.records);
-                    ctx.count(&mut deagg);
                     let at_end = event.continuation_sequence_number.is_none();
                     let child_shards = at_end.then_some(event.child_shards);
-                    if !queue.send(Batch::new(records, bytes, Some(event.millis_behind_latest), child_shards)).await {
+                    let millis = Some(event.millis_behind_latest);
+                    if !ctx.queue_read(&mut deagg, &queue, event.records, millis, child_shards).await {
                         return;
                     }
                     if at_end {

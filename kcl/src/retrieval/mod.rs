@@ -18,9 +18,10 @@ pub(crate) mod polling;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use kinesis_core::aggregation::DecodeLimits;
 use kinesis_core::sequence::StartingPosition;
 use kinesis_core::shard::ChildShard;
-use kinesis_core::{ExtendedSequenceNumber, HashKeyRange, Kinesis, ShardId, StreamRef};
+use kinesis_core::{ExtendedSequenceNumber, HashKeyRange, Kinesis, Record, ShardId, StreamRef};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 
@@ -34,6 +35,8 @@ pub(crate) struct Batch {
     pub records: Vec<KinesisClientRecord>,
     /// Their data bytes.
     pub bytes: usize,
+    /// What they hold of the prefetch budget (data plus per-record overhead).
+    pub charge: usize,
     /// The read's distance from the tip of the shard.
     pub millis_behind_latest: Option<u64>,
     /// Set on the last batch of a closed shard: its children.
@@ -44,13 +47,20 @@ pub(crate) struct Batch {
 }
 
 impl Batch {
+    /// A batch of expanded records.
     pub fn new(
-        records: Vec<KinesisClientRecord>,
-        bytes: usize,
+        expanded: deaggregate::Expanded,
         millis_behind_latest: Option<u64>,
         child_shards: Option<Vec<ChildShard>>,
     ) -> Self {
-        Batch { records, bytes, millis_behind_latest, child_shards, enqueued_at: Instant::now(), _permit: None }
+        let deaggregate::Expanded { records, bytes, charge } = expanded;
+        Batch { records, bytes, charge, millis_behind_latest, child_shards, enqueued_at: Instant::now(), _permit: None }
+    }
+
+    /// The last batch of a shard that ended with no records left to read.
+    pub fn end(children: Vec<ChildShard>) -> Self {
+        let nothing = deaggregate::Expanded { records: Vec::new(), bytes: 0, charge: 0 };
+        Batch::new(nothing, None, Some(children))
     }
 }
 
@@ -71,7 +81,7 @@ pub(crate) fn prefetch_queue(max_batches: usize, max_bytes: usize) -> (Prefetch,
 impl Prefetch {
     /// Queues a batch, waiting for room; false once the processor side is gone.
     pub async fn send(&self, mut batch: Batch) -> bool {
-        let kib = u32::try_from(batch.bytes.div_ceil(1024)).unwrap_or(u32::MAX).min(self.max_kib);
+        let kib = u32::try_from(batch.charge.div_ceil(1024)).unwrap_or(u32::MAX).min(self.max_kib);
         if kib > 0 {
             match self.bytes.clone().acquire_many_owned(kib).await {
                 Ok(permit) => batch._permit = Some(permit),
@@ -93,6 +103,8 @@ pub(crate) struct FetchContext {
     /// The configured `AT_TIMESTAMP` time, for leases whose checkpoint is that sentinel.
     pub at_timestamp: Option<SystemTime>,
     pub hash_range: Option<HashKeyRange>,
+    /// How far one record may expand (the stream's maximum record size for compressed ones).
+    pub decode_limits: DecodeLimits,
     pub config: Arc<SchedulerConfig>,
     pub metrics: ShardMetrics,
     /// Reports a retrieval error (or its end, with `None`) to the scheduler's state.
@@ -122,7 +134,36 @@ impl FetchContext {
     }
 
     pub fn deaggregator(&self) -> deaggregate::Deaggregator {
-        deaggregate::Deaggregator::new(self.hash_range, &self.checkpoint)
+        deaggregate::Deaggregator::new(self.hash_range, &self.checkpoint, self.decode_limits)
+    }
+
+    /// Expands the records of one read and queues them, in batches that each hold at most half
+    /// the prefetch budget (plus one Kinesis record's expansion), waiting for room before
+    /// expanding the next: a read of many small user records never sits in memory expanded
+    /// beyond the budget. The last batch carries `child_shards`. False once the processor side
+    /// is gone.
+    pub async fn queue_read(
+        &self,
+        deagg: &mut deaggregate::Deaggregator,
+        queue: &Prefetch,
+        records: Vec<Record>,
+        millis_behind_latest: Option<u64>,
+        mut child_shards: Option<Vec<ChildShard>>,
+    ) -> bool {
+        let budget = (self.config.max_prefetch_bytes / 2).max(64 * 1024);
+        let mut records = records.into_iter();
+        loop {
+            let expanded = deagg.expand_chunk(&mut records, budget);
+            self.count(deagg);
+            let last = records.len() == 0;
+            let children = if last { child_shards.take() } else { None };
+            if !queue.send(Batch::new(expanded, millis_behind_latest, children)).await {
+                return false;
+            }
+            if last {
+                return true;
+            }
+        }
     }
 
     /// After a `ResourceNotFoundException` for the shard: whether the shard is gone — past the

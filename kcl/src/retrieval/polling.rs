@@ -57,7 +57,7 @@ pub(crate) async fn run(ctx: FetchContext, queue: Prefetch, token: CancellationT
                         if e.is_not_found()
                             && let Some(children) = ctx.children_if_gone().await
                         {
-                            let _ = queue.send(Batch::new(Vec::new(), 0, None, Some(children))).await;
+                            let _ = queue.send(Batch::end(children)).await;
                             return;
                         }
                         report_error(&ctx, &e, &mut reported);
@@ -85,12 +85,10 @@ pub(crate) async fn run(ctx: FetchContext, queue: Prefetch, token: CancellationT
                 if let Some(last) = out.records.last() {
                     position = StartingPosition::AfterSequenceNumber(last.sequence_number.clone());
                 }
-                let (records, bytes) = deagg.expand(out.records);
-                ctx.count(&mut deagg);
                 let at_end = out.next_shard_iterator.is_none();
                 let child_shards = at_end.then_some(out.child_shards);
                 let at_tip = read == 0 || out.millis_behind_latest == Some(0);
-                if !queue.send(Batch::new(records, bytes, out.millis_behind_latest, child_shards)).await {
+                if !ctx.queue_read(&mut deagg, &queue, out.records, out.millis_behind_latest, child_shards).await {
                     return;
                 }
                 if at_end {

@@ -5,6 +5,8 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, SharedString, Unit};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -637,5 +639,59 @@ impl Kinesis for CountingKinesis {
     }
     async fn update_max_record_size(&self, stream: &StreamRef, kib: u32) -> Result<(), KinesisError> {
         self.inner.update_max_record_size(stream, kib).await
+    }
+}
+
+/// Keeps every counter and gauge, keyed `Name{label=value,…}` (labels sorted).
+#[derive(Default)]
+pub struct TestRecorder {
+    counters: Mutex<BTreeMap<String, Arc<AtomicU64>>>,
+    gauges: Mutex<BTreeMap<String, Arc<AtomicU64>>>,
+}
+
+fn render(key: &Key) -> String {
+    let mut labels: Vec<String> = key.labels().map(|l| format!("{}={}", l.key(), l.value())).collect();
+    labels.sort();
+    format!("{}{{{}}}", key.name(), labels.join(","))
+}
+
+impl TestRecorder {
+    pub fn counter(&self, key: &str) -> u64 {
+        lock(&self.counters).get(key).map_or(0, |c| c.load(Ordering::SeqCst))
+    }
+
+    /// Sum of the counters `name{…}` whose labels include `label`.
+    pub fn counter_sum(&self, name: &str, label: &str) -> u64 {
+        lock(&self.counters)
+            .iter()
+            .filter(|(k, _)| k.starts_with(&format!("{name}{{")) && k.contains(label))
+            .map(|(_, c)| c.load(Ordering::SeqCst))
+            .sum()
+    }
+
+    pub fn gauge(&self, key: &str) -> Option<f64> {
+        lock(&self.gauges).get(key).map(|g| f64::from_bits(g.load(Ordering::SeqCst)))
+    }
+
+    pub fn gauge_keys(&self, name: &str) -> Vec<String> {
+        lock(&self.gauges).keys().filter(|k| k.starts_with(&format!("{name}{{"))).cloned().collect()
+    }
+}
+
+impl metrics::Recorder for TestRecorder {
+    fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+
+    fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+        Counter::from_arc(lock(&self.counters).entry(render(key)).or_default().clone())
+    }
+
+    fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
+        Gauge::from_arc(lock(&self.gauges).entry(render(key)).or_default().clone())
+    }
+
+    fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
+        Histogram::noop()
     }
 }

@@ -20,14 +20,12 @@ use flate2::Compression;
 use flate2::read::ZlibDecoder;
 use flate2::write::ZlibEncoder;
 
-use super::{AggregationError, Decoded, decode};
+use super::{AggregationError, DecodeLimits, Decoded, decode_with_limits};
 
 /// The four bytes a compressed aggregate starts with.
 pub const COMPRESSED_MAGIC: [u8; 4] = [0xF3, 0x89, 0x9A, 0xC3];
 /// Codec byte for zlib.
 pub const CODEC_ZLIB: u8 = 1;
-/// Largest aggregate [`decode_record`] inflates (guards against decompression bombs): 64 MiB.
-pub const MAX_INFLATED_LEN: usize = 64 * 1024 * 1024;
 
 /// Compresses an encoded aggregate (as produced by
 /// [`AggregateBuilder::finish`](super::AggregateBuilder::finish)) at zlib `level` (0–9).
@@ -46,8 +44,10 @@ pub fn is_compressed(data: &[u8]) -> bool {
     data.len() > COMPRESSED_MAGIC.len() + 1 && data.starts_with(&COMPRESSED_MAGIC)
 }
 
-/// Inflates a compressed aggregate back to the KPL aggregated record it wraps.
-pub fn decompress(data: &[u8]) -> Result<Bytes, AggregationError> {
+/// Inflates a compressed aggregate back to the KPL aggregated record it wraps, refusing one that
+/// inflates beyond `max_inflated_bytes` ([`AggregationError::OverLimit`]; the inflating stops
+/// there, so a decompression bomb costs at most that much memory).
+pub fn decompress(data: &[u8], max_inflated_bytes: usize) -> Result<Bytes, AggregationError> {
     let body =
         data.strip_prefix(&COMPRESSED_MAGIC).ok_or(AggregationError::Compression { reason: "missing envelope" })?;
     let (&codec, stream) = body.split_first().ok_or(AggregationError::Compression { reason: "missing codec" })?;
@@ -55,10 +55,10 @@ pub fn decompress(data: &[u8]) -> Result<Bytes, AggregationError> {
         return Err(AggregationError::Compression { reason: "unknown codec" });
     }
     let mut inflated = Vec::new();
-    let mut decoder = ZlibDecoder::new(stream).take(MAX_INFLATED_LEN as u64 + 1);
+    let mut decoder = ZlibDecoder::new(stream).take(max_inflated_bytes as u64 + 1);
     decoder.read_to_end(&mut inflated).map_err(|_| AggregationError::Compression { reason: "corrupt zlib stream" })?;
-    if inflated.len() > MAX_INFLATED_LEN {
-        return Err(AggregationError::Compression { reason: "inflates beyond 64 MiB" });
+    if inflated.len() > max_inflated_bytes {
+        return Err(AggregationError::OverLimit { what: "inflated bytes", limit: max_inflated_bytes });
     }
     Ok(Bytes::from(inflated))
 }
@@ -67,17 +67,23 @@ pub fn decompress(data: &[u8]) -> Result<Bytes, AggregationError> {
 ///
 /// This is what a consumer calls on every record: plain records come back as
 /// [`Decoded::NotAggregated`]; compressed aggregates are inflated and expanded like any other.
+/// The [`DecodeLimits::default`] apply; see [`decode_record_with_limits`].
 pub fn decode_record(data: &Bytes) -> Result<Decoded, AggregationError> {
+    decode_record_with_limits(data, &DecodeLimits::default())
+}
+
+/// [`decode_record`] with explicit limits: a consumer passes its stream's maximum record size.
+pub fn decode_record_with_limits(data: &Bytes, limits: &DecodeLimits) -> Result<Decoded, AggregationError> {
     if is_compressed(data) {
-        let inflated = decompress(data)?;
-        match decode(&inflated)? {
+        let inflated = decompress(data, limits.max_inflated_bytes)?;
+        match decode_with_limits(&inflated, limits)? {
             Decoded::NotAggregated => {
                 Err(AggregationError::Compression { reason: "inflated payload is not an aggregate" })
             }
             aggregated => Ok(aggregated),
         }
     } else {
-        decode(data)
+        decode_with_limits(data, limits)
     }
 }
 

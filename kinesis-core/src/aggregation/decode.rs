@@ -9,7 +9,28 @@ use prost::Message;
 
 use super::{AggregationError, DIGEST_LEN, FIXED_OVERHEAD, MAGIC, Tag, proto};
 use crate::hash_key::HashKey;
-use crate::limits::ValidationError;
+use crate::limits::{MAX_MAX_RECORD_SIZE_KIB, ValidationError};
+
+/// How much a decoder may expand one Kinesis record into, so that no input — a compressed
+/// envelope that inflates a thousandfold, an aggregate of millions of empty user records — can
+/// make a consumer allocate without bound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DecodeLimits {
+    /// Largest aggregate a compressed envelope may inflate to: the stream's maximum record size
+    /// (a producer compresses an aggregate that fitted in a record). Default 10 MiB, the service's
+    /// largest.
+    pub max_inflated_bytes: usize,
+    /// Most user records one aggregate may hold. Default 262,144: far above what any producer
+    /// writes (the KPL's default 51,200-byte aggregates hold at most about 8,500; a 1 MiB
+    /// aggregate of empty records about 174,000).
+    pub max_user_records: usize,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        DecodeLimits { max_inflated_bytes: MAX_MAX_RECORD_SIZE_KIB as usize * 1024, max_user_records: 1 << 18 }
+    }
+}
 
 /// What a Kinesis record's data turned out to be.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -114,7 +135,14 @@ pub fn is_aggregated(data: &[u8]) -> bool {
 /// [`AggregationError::kcl_passes_through`] says which failures the KCL delivers as plain records.
 ///
 /// Never panics, whatever the input; user records' data are slices of `record_data`, not copies.
+/// An aggregate of more user records than [`DecodeLimits::default`] allows is refused
+/// ([`AggregationError::OverLimit`]); [`decode_with_limits`] sets other limits.
 pub fn decode(record_data: &Bytes) -> Result<Decoded, AggregationError> {
+    decode_with_limits(record_data, &DecodeLimits::default())
+}
+
+/// [`decode`] with explicit limits.
+pub fn decode_with_limits(record_data: &Bytes, limits: &DecodeLimits) -> Result<Decoded, AggregationError> {
     if !is_aggregated(record_data) {
         return Ok(Decoded::NotAggregated);
     }
@@ -127,12 +155,15 @@ pub fn decode(record_data: &Bytes) -> Result<Decoded, AggregationError> {
     if expected != actual {
         return Err(AggregationError::ChecksumMismatch { expected, actual });
     }
-    let message = proto::AggregatedRecord::decode(body)?;
+    let message = proto::AggregatedRecordLazy::decode(body)?;
+    if message.records.len() > limits.max_user_records {
+        return Err(AggregationError::OverLimit { what: "user records", limit: limits.max_user_records });
+    }
     expand(message).map(Decoded::Aggregated)
 }
 
-/// Resolves the records of a parsed aggregate against its key tables.
-fn expand(message: proto::AggregatedRecord) -> Result<Vec<SubRecord>, AggregationError> {
+/// Decodes the records of a parsed aggregate one by one and resolves them against its key tables.
+fn expand(message: proto::AggregatedRecordLazy) -> Result<Vec<SubRecord>, AggregationError> {
     let partition_keys: Vec<Arc<str>> = message.partition_key_table.into_iter().map(Arc::from).collect();
     // Explicit hash keys are parsed once per table entry; an invalid entry is an error only if a
     // record uses it.
@@ -146,7 +177,8 @@ fn expand(message: proto::AggregatedRecord) -> Result<Vec<SubRecord>, Aggregatio
         .collect();
 
     let mut records = Vec::with_capacity(message.records.len());
-    for (position, record) in message.records.into_iter().enumerate() {
+    for (position, encoded) in message.records.into_iter().enumerate() {
+        let record = proto::Record::decode(encoded)?;
         let missing = |field| AggregationError::MissingField { record: position, field };
 
         let index = record.partition_key_index.ok_or_else(|| missing("partition_key_index"))?;

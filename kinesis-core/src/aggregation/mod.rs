@@ -45,8 +45,8 @@ use thiserror::Error;
 
 use crate::limits::ValidationError;
 
-pub use compression::decode_record;
-pub use decode::{Decoded, SubRecord, decode, is_aggregated};
+pub use compression::{decode_record, decode_record_with_limits};
+pub use decode::{DecodeLimits, Decoded, SubRecord, decode, decode_with_limits, is_aggregated};
 pub use encode::{AggregateBuilder, UnsealedAggregate};
 
 /// The four bytes every aggregated record starts with.
@@ -135,6 +135,17 @@ pub enum AggregationError {
     Compression {
         /// What was wrong with it.
         reason: &'static str,
+    },
+    /// The record is over a decoding limit ([`DecodeLimits`]): it inflates beyond the largest
+    /// record the stream can hold, or holds more user records than allowed. Expanding it could
+    /// exhaust memory, so it is not expanded (and, unlike a record that only fails to parse, not
+    /// delivered raw either).
+    #[error("aggregated record over the decoding limit: {what} over {limit}")]
+    OverLimit {
+        /// The limit broken: `inflated bytes` or `user records`.
+        what: &'static str,
+        /// The limit.
+        limit: usize,
     },
     /// A user record's explicit hash key is not a decimal number in `[0, 2^128 − 1]`.
     #[error("user record {record} has an invalid explicit hash key: {source}")]

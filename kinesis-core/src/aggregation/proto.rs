@@ -46,6 +46,23 @@ pub struct AggregatedRecord {
     pub records: Vec<Record>,
 }
 
+/// The same body with each user record left as its encoded bytes (an embedded message and a
+/// `bytes` field look alike on the wire): the decoder counts the records before it decodes any,
+/// and decodes them one at a time, so a body of millions of tiny records cannot make it build
+/// millions of messages at once.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AggregatedRecordLazy {
+    /// Distinct partition keys; records refer to them by index.
+    #[prost(string, repeated, tag = "1")]
+    pub partition_key_table: Vec<String>,
+    /// Distinct explicit hash keys (decimal text); records refer to them by index.
+    #[prost(string, repeated, tag = "2")]
+    pub explicit_hash_key_table: Vec<String>,
+    /// The user records, each still encoded (slices of the input, no copy).
+    #[prost(bytes = "bytes", repeated, tag = "3")]
+    pub records: Vec<Bytes>,
+}
+
 /// One user record inside an aggregate.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Record {

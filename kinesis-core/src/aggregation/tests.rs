@@ -457,3 +457,48 @@ fn the_last_partition_key_range_stays_valid_as_records_are_added() {
         assert_eq!(&encoded[range], key.as_bytes());
     }
 }
+
+/// An aggregate body of `n` minimal user records (key index 0, empty data) under one key: six
+/// bytes each, the smallest a user record can be.
+fn minimal_records_body(n: usize) -> Vec<u8> {
+    let mut body = vec![0x0a, 0x01, b'k'];
+    body.reserve(n * 6);
+    for _ in 0..n {
+        body.extend_from_slice(&[0x1a, 0x04, 0x08, 0x00, 0x1a, 0x00]);
+    }
+    body
+}
+
+#[test]
+fn an_aggregate_of_too_many_user_records_is_refused_before_it_is_expanded() {
+    let limits = DecodeLimits { max_user_records: 1000, ..DecodeLimits::default() };
+    let at_limit = seal(&minimal_records_body(1000));
+    match decode_with_limits(&at_limit, &limits) {
+        Ok(Decoded::Aggregated(records)) => assert_eq!(records.len(), 1000),
+        other => panic!("{other:?}"),
+    }
+    let over = seal(&minimal_records_body(1001));
+    let err = decode_with_limits(&over, &limits).expect_err("over the limit");
+    assert_eq!(err, AggregationError::OverLimit { what: "user records", limit: 1000 });
+    assert!(!err.kcl_passes_through(), "not delivered as a plain record either");
+    assert!(matches!(decode(&seal(&minimal_records_body(300_000))), Err(AggregationError::OverLimit { .. })));
+}
+
+#[test]
+fn a_compressed_aggregate_inflates_at_most_to_the_limit() {
+    // 12 MiB of minimal records compress to a few kilobytes.
+    let inflated = seal(&minimal_records_body(2 * 1024 * 1024));
+    let bomb = compression::compress(&inflated, 9);
+    assert!(bomb.len() < inflated.len() / 100, "{} bytes compressed", bomb.len());
+    let small = DecodeLimits { max_inflated_bytes: 1024 * 1024, max_user_records: usize::MAX };
+    let err = decode_record_with_limits(&bomb, &small).expect_err("inflates past 1 MiB");
+    assert_eq!(err, AggregationError::OverLimit { what: "inflated bytes", limit: 1024 * 1024 });
+    assert!(!err.kcl_passes_through());
+    assert!(matches!(decode_record(&bomb), Err(AggregationError::OverLimit { .. })), "10 MiB by default");
+    // Within both limits it decodes.
+    let roomy = DecodeLimits { max_inflated_bytes: 16 * 1024 * 1024, max_user_records: usize::MAX };
+    match decode_record_with_limits(&bomb, &roomy) {
+        Ok(Decoded::Aggregated(records)) => assert_eq!(records.len(), 2 * 1024 * 1024),
+        other => panic!("{other:?}"),
+    }
+}

@@ -1004,8 +1004,9 @@ impl Kinesis for MemoryBroker {
                 ),
             });
         }
-        scalings.push_back(now);
+        // Only a scaling that goes ahead counts towards the quota.
         self.check_shard_limit(&state, target_shard_count.saturating_mul(2))?;
+        state.scalings.entry(name.clone()).or_default().push_back(now);
         if let Some(s) = state.streams.get_mut(&name) {
             s.scale_to(target_shard_count, &self.inner.config, &self.inner.clock);
         }
