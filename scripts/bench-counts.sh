@@ -5,7 +5,8 @@
 #
 # Usage: scripts/bench-counts.sh [records per run, default 300000]
 # Needs valgrind. Both throughput runs (own payload buffers, shared payload) count, so the totals
-# are divided by twice the records per run.
+# are divided by twice the records per run. BENCH_ORDER=unordered counts the producer without
+# per-key ordering (default: per-key, the producer's default).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 records="${1:-300000}"
@@ -13,7 +14,7 @@ command -v valgrind >/dev/null || { echo "bench-counts: valgrind is not installe
 binary="$(cargo bench -p kpl --bench producer --no-run --message-format=json 2>/dev/null \
   | sed -n 's/.*"executable":"\([^"]*producer-[^"]*\)".*/\1/p' | tail -1)"
 [ -x "$binary" ] || { echo "bench-counts: could not build the producer benchmark" >&2; exit 1; }
-BENCH_RECORDS="$records" valgrind --tool=cachegrind --cache-sim=yes --cachegrind-out-file=/dev/null \
+BENCH_ORDER="${BENCH_ORDER:-per-key}" BENCH_RECORDS="$records" valgrind --tool=cachegrind --cache-sim=yes --cachegrind-out-file=/dev/null \
   "$binary" --bench throughput 2>&1 >/dev/null \
   | awk -v n="$((records * 2))" '
       /I *refs:/      { gsub(",", "", $4); ir = $4 }

@@ -5,6 +5,7 @@
 #   scripts/test.sh                      cargo test --workspace --all-targets, then the doctests
 #   scripts/test.sh <cargo test args>    e.g. `-p kinesis-core --lib` or `-- some_test_name`
 #   scripts/test.sh --peers-only         start the peers, print their environment, wait for Ctrl-C
+#   scripts/test.sh --exec CMD [ARGS]    start the peers, run CMD in their environment, stop them
 #
 # Peers (each in its own process group, logs in .peers/logs/<run>/, `.peers/logs/latest` links there):
 #   kinesis-mock    node main.js (npm kinesis-local), plain HTTP + TLS port, no artificial delays
@@ -17,6 +18,7 @@
 #   DYNAMODB_LOCAL_ENDPOINT    http://127.0.0.1:<port>
 #   MOTO_ENDPOINT              http://127.0.0.1:<port>
 #   KINESIS_AGG_PYTHON         python of .peers/venv (imports aws_kinesis_agg, boto3)
+#   JAVA_PEER_CLASSPATH        classpath of the Java KCL + KPL peer (tests/java, main class kinesispeer.Main)
 #   AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1 (and AWS_DEFAULT_REGION)
 #   KINESIS_TEST_REQUIRE_PEERS=1  peer tests fail instead of skipping when a peer is missing
 # AWS profiles, session tokens, endpoint overrides and IMDS are cut off so that no test can reach
@@ -31,9 +33,14 @@ say() { printf '==> %s\n' "$*"; }
 err() { printf '==> ERROR: %s\n' "$*" >&2; }
 
 PEERS_ONLY=0
+EXEC=0
 if [ "${1:-}" = "--peers-only" ]; then
   PEERS_ONLY=1
   shift
+elif [ "${1:-}" = "--exec" ]; then
+  EXEC=1
+  shift
+  [ "$#" -gt 0 ] || { printf '==> ERROR: --exec needs a command\n' >&2; exit 2; }
 fi
 
 # ---- 1. install --------------------------------------------------------------------------------
@@ -221,9 +228,11 @@ export KINESIS_MOCK_TLS_ENDPOINT="https://127.0.0.1:$KM_TLS_PORT"
 export DYNAMODB_LOCAL_ENDPOINT="http://127.0.0.1:$DDB_PORT"
 export MOTO_ENDPOINT="http://127.0.0.1:$MOTO_PORT"
 export KINESIS_AGG_PYTHON="$VENV_PY"
+export JAVA_PEER_CLASSPATH="$PEERS/java/build/java-peer-1.jar:$PEERS/java/build/lib/*"
 export KINESIS_TEST_REQUIRE_PEERS=1
 
 ENV_VARS=(KINESIS_MOCK_ENDPOINT KINESIS_MOCK_TLS_ENDPOINT DYNAMODB_LOCAL_ENDPOINT MOTO_ENDPOINT KINESIS_AGG_PYTHON
+  JAVA_PEER_CLASSPATH
   AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_REGION AWS_DEFAULT_REGION AWS_CONFIG_FILE AWS_SHARED_CREDENTIALS_FILE
   AWS_EC2_METADATA_DISABLED KINESIS_TEST_REQUIRE_PEERS)
 for v in "${ENV_VARS[@]}"; do printf 'export %s=%q\n' "$v" "${!v}"; done >"$LOGS/env.sh"
@@ -242,6 +251,13 @@ if [ "$PEERS_ONLY" = 1 ]; then
     done
     sleep 2
   done
+fi
+
+if [ "$EXEC" = 1 ]; then
+  say "running $1 with the peers"
+  status=0
+  "$@" || status=$?
+  exit "$status"
 fi
 
 # ---- 4. test -----------------------------------------------------------------------------------

@@ -3,16 +3,18 @@
 //! ```text
 //! cargo run --release --example produce -- --stream S [--endpoint URL] [--region R]
 //!     [--create-shards N] [--records N] [--size BYTES] [--keys K] [--rate R] [--no-aggregation]
-//!     [--strict-order] [--compress]
+//!     [--unordered] [--compress]
 //! ```
 //!
-//! `--strict-order` turns on the producer's strict per-key ordering; `--compress` deflates the
-//! aggregates (only `kcl`-based consumers such as `consume` undo that transparently).
+//! Each key's records are stored in send order (the producer's default); `--unordered` gives
+//! that up (`RecordOrder::Unordered`, the KPL's behaviour). `--compress` deflates the aggregates
+//! (only `kcl`-based consumers such as `consume` undo that transparently).
 //!
 //! Partition keys are `k0`…`k{K-1}` round-robin; each record's data starts with the ASCII header
 //! `"<key> <n> "` (n counts per key from 0), padded to BYTES. Progress goes to stderr; the last
 //! stdout line is one JSON object: `sent`, `delivered`, `failed`, `kinesis_records`,
-//! `put_requests`, `retries`, `throttles`, `elapsed_s`, `records_per_s`.
+//! `put_requests`, `retries`, `throttles`, `expired`, `failed_may_be_stored`, `elapsed_s`,
+//! `records_per_s`.
 //!
 //! Exit codes: 0 all delivered, 1 some failed, 2 bad flags, 3 endpoint unreachable, 4 no stream.
 
@@ -21,15 +23,15 @@ use std::time::{Duration, Instant};
 
 use examples::{Flags, exit, kinesis_client, payload, startup_failure, usage_failure};
 use kinesis_core::{CreateStreamRequest, Kinesis, KinesisError, StreamRef};
-use kpl::{Compression, Producer, ProducerConfig, UserRecord};
+use kpl::{Compression, Producer, ProducerConfig, RecordOrder, UserRecord};
 
-const USAGE: &str = "produce --stream S [--endpoint URL] [--region R] [--create-shards N] [--records N] [--size BYTES] [--keys K] [--rate R] [--no-aggregation] [--strict-order] [--compress]";
+const USAGE: &str = "produce --stream S [--endpoint URL] [--region R] [--create-shards N] [--records N] [--size BYTES] [--keys K] [--rate R] [--no-aggregation] [--unordered] [--compress]";
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let flags = match Flags::parse(
         &["stream", "endpoint", "region", "create-shards", "records", "size", "keys", "rate"],
-        &["no-aggregation", "strict-order", "compress"],
+        &["no-aggregation", "unordered", "compress"],
     ) {
         Ok(f) => f,
         Err(e) => return usage_failure("produce", USAGE, &e),
@@ -67,7 +69,7 @@ async fn main() -> ExitCode {
 
     let mut config = ProducerConfig::default()
         .aggregation_enabled(!flags.has("no-aggregation"))
-        .strict_ordering(flags.has("strict-order"));
+        .ordering(if flags.has("unordered") { RecordOrder::Unordered } else { RecordOrder::PerKey });
     if flags.has("compress") {
         config = config.compression(Compression::Zlib { level: 6 });
     }
@@ -109,10 +111,11 @@ async fn main() -> ExitCode {
         }
     }
     producer.flush().await;
-    let mut failed = 0u64;
+    let (mut failed, mut may_be_stored) = (0u64, 0u64);
     for delivery in deliveries {
         if let Err((error, record)) = delivery.await {
             failed += 1;
+            may_be_stored += u64::from(error.may_be_stored());
             if failed <= 5 {
                 eprintln!("produce: record {:?} failed: {error}", record.partition_key());
             }
@@ -129,6 +132,8 @@ async fn main() -> ExitCode {
         "put_requests": s.put_requests,
         "retries": s.retries,
         "throttles": s.throttles,
+        "expired": s.user_records_expired,
+        "failed_may_be_stored": may_be_stored,
         "elapsed_s": (elapsed * 1000.0).round() / 1000.0,
         "records_per_s": (s.user_records_delivered as f64 / elapsed.max(1e-9)).round(),
     });

@@ -24,7 +24,7 @@ use kcl::processor::{ProcessRecordsInput, ShardEndedInput, ShardRecordProcessor,
 use kcl::store::memory::{MemoryCoordinatorStore, MemoryLeaseStore, MemoryWorkerMetricsStore};
 use kcl::{InitialPosition, Scheduler, SchedulerHandle};
 use kinesis_core::{CreateStreamRequest, Kinesis, MemoryBroker, ShardId, StreamRef};
-use kpl::{Producer, ProducerConfig, UserRecord};
+use kpl::{Producer, UserRecord};
 
 const RECORDS: u64 = 200_000;
 const KEYS: u64 = 2_000;
@@ -136,11 +136,7 @@ async fn main() -> ExitCode {
     }
 
     // Producer.
-    let producer = match Producer::builder(broker.clone(), stream.clone())
-        .config(ProducerConfig::default().strict_ordering(true))
-        .build()
-        .await
-    {
+    let producer = match Producer::builder(broker.clone(), stream.clone()).build().await {
         Ok(p) => Arc::new(p),
         Err(e) => {
             eprintln!("quickstart: {e}");

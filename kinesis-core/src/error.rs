@@ -209,6 +209,20 @@ impl KinesisError {
         matches!(self, KinesisError::ResourceNotFound { .. })
     }
 
+    /// Whether a write that failed with this error may have been applied anyway: a time-out, a
+    /// lost connection, an internal failure or an unknown service error leave it open; a refusal
+    /// the service stated (throttling, bad input, missing stream, access, KMS) does not. A
+    /// producer that retries such a write may store its records twice.
+    pub fn may_have_taken_effect(&self) -> bool {
+        matches!(
+            self,
+            KinesisError::InternalFailure { .. }
+                | KinesisError::Timeout { .. }
+                | KinesisError::Transport { .. }
+                | KinesisError::Service { .. }
+        )
+    }
+
     /// A transport error wrapping `source`.
     pub fn transport(message: impl Into<String>, source: impl StdError + Send + Sync + 'static) -> Self {
         KinesisError::Transport { message: message.into(), source: Some(Box::new(source)) }

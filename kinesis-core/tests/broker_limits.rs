@@ -374,6 +374,38 @@ async fn on_demand_streams_split_hot_shards() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_slow_write_lands_even_if_its_caller_stops_waiting() {
+    let (broker, stream) = broker_with_stream(BrokerConfig::default().without_throttling(), 1).await;
+    // 1 s per call plus 2 s per MiB: a 2 MiB request takes 5 s.
+    broker.faults().add(
+        FaultRule::on(Operation::PutRecords).latency(Duration::from_secs(1)).latency_per_mib(Duration::from_secs(2)),
+    );
+    let big: Vec<PutRecordsEntry> = (0..2).map(|i| entry(&format!("k{i}"), &"x".repeat(1024 * 1024 - 3))).collect();
+    let started = Instant::now();
+    let gave_up = tokio::time::timeout(Duration::from_secs(3), broker.put_records(&stream, big)).await;
+    assert!(gave_up.is_err(), "the caller stops waiting after 3 s");
+    assert_eq!(broker.retained_records(&stream).expect("count"), 0, "not stored yet");
+    sleep(Duration::from_secs(3)).await;
+    assert_eq!(broker.retained_records(&stream).expect("count"), 2, "stored at 5 s, answer or not");
+    let small = broker.put_records(&stream, vec![entry("k", "small")]).await.expect("put");
+    assert_eq!(small.failed_record_count(), 0);
+    assert!(started.elapsed() >= Duration::from_secs(7), "the small one took about 1 s too");
+    // Jitter: calls made together finish in any order.
+    broker.faults().clear();
+    broker.faults().add(FaultRule::on(Operation::PutRecords).jitter(Duration::from_secs(1)));
+    let calls = (0..20).map(|i| {
+        let broker = broker.clone();
+        let stream = stream.clone();
+        async move {
+            broker.put_records(&stream, vec![entry("ordered", &i.to_string())]).await.expect("put");
+            i
+        }
+    });
+    let finished: Vec<i32> = futures::stream::iter(calls).buffer_unordered(20).collect().await;
+    assert_ne!(finished, (0..20).collect::<Vec<_>>(), "some finish out of order");
+}
+
+#[tokio::test(start_paused = true)]
 async fn fault_injector_fails_entries_calls_and_throttles_shards() {
     let (broker, stream) = broker_with_stream(BrokerConfig::default().without_throttling(), 2).await;
     broker.faults().add(FaultRule::on(Operation::PutRecords).fail_entries(0.5));

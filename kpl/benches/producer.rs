@@ -3,7 +3,7 @@
 //!
 //! * `throughput`: 100-byte records, 1000 partition keys, aggregation on, broker limits off, for
 //!   a few seconds of wall time: user records per second end to end (accepted, aggregated,
-//!   stored, future resolved). The broker keeps records for 20 ms only, so memory is reused
+//!   stored, future resolved), with per-key ordering (the default) and without. The broker keeps records for 20 ms only, so memory is reused
 //!   as it is with a real service (see `RETENTION_MS`).
 //! * `overload`: a 2-shard stream with the service's limits (1000 records/s, 1 MiB/s per shard)
 //!   offered 10× what it accepts, with `max_buffered_bytes` = 32 MiB: the peak resident memory
@@ -13,6 +13,8 @@
 //! With `BENCH_RECORDS=n` each throughput run sends `n` records instead of running for a few
 //! seconds: the work is then the same from run to run, for valgrind's instruction and cache-miss
 //! counts, which a shared machine does not disturb (see `scripts/bench-counts.sh`).
+//! `BENCH_SHARDS=n` gives the throughput scenario's stream `n` shards instead of 4, and
+//! `BENCH_ORDER=per-key` or `unordered` runs only that ordering.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -22,7 +24,7 @@ use bytes::Bytes;
 use kinesis_core::broker::{BrokerConfig, MemoryBroker};
 use kinesis_core::sequence::StartingPosition;
 use kinesis_core::*;
-use kpl::{DeliveryFuture, Producer, ProducerConfig, UserRecord};
+use kpl::{DeliveryFuture, Producer, ProducerConfig, RecordOrder, UserRecord};
 
 const RECORD_BYTES: usize = 100;
 const KEYS: usize = 1000;
@@ -54,6 +56,11 @@ fn smoke_run() -> bool {
     !std::env::args().any(|a| a == "--bench")
 }
 
+/// Shards of the throughput scenario's stream: 4, or `BENCH_SHARDS`.
+fn shards() -> u32 {
+    std::env::var("BENCH_SHARDS").ok().and_then(|v| v.parse().ok()).unwrap_or(4)
+}
+
 fn keys() -> Vec<String> {
     (0..KEYS).map(|i| format!("key-{i}")).collect()
 }
@@ -70,27 +77,38 @@ async fn drain(outstanding: &mut VecDeque<DeliveryFuture>, keep: usize, delivere
 }
 
 async fn throughput() {
-    // Each record's data in a buffer of its own (what most applications hand over), then with
-    // every record sharing one static buffer (the producer's own cost, without the caller's
-    // allocation).
-    let (fresh, fresh_cpu, stats) = throughput_run(false).await;
-    let (shared, shared_cpu, _) = throughput_run(true).await;
-    println!(
-        "{{\"scenario\": \"throughput\", \"records_per_s\": {fresh:.0}, \"records_per_s_shared_payload\": {shared:.0}, \"records_per_cpu_s\": {}, \"records_per_cpu_s_shared_payload\": {}, \"record_bytes\": {RECORD_BYTES}, \"keys\": {KEYS}, \"shards\": 4, \"records\": {}, \"kinesis_records\": {}, \"put_requests\": {}, \"user_records_per_kinesis_record\": {:.1}}}",
-        fresh_cpu.map_or("null".to_owned(), |r| format!("{r:.0}")),
-        shared_cpu.map_or("null".to_owned(), |r| format!("{r:.0}")),
-        stats.user_records_delivered,
-        stats.kinesis_records_put,
-        stats.put_requests,
-        stats.user_records_delivered as f64 / stats.kinesis_records_put.max(1) as f64,
-    );
+    // The default keeps each key's order; the unordered runs show what that costs.
+    // `BENCH_ORDER=per-key` or `unordered` runs only one of them.
+    let orders: &[(RecordOrder, &str)] = match std::env::var("BENCH_ORDER").as_deref() {
+        Ok("per-key") => &[(RecordOrder::PerKey, "per-key")],
+        Ok("unordered") => &[(RecordOrder::Unordered, "unordered")],
+        _ => &[(RecordOrder::PerKey, "per-key"), (RecordOrder::Unordered, "unordered")],
+    };
+    for &(ordering, name) in orders {
+        // Each record's data in a buffer of its own (what most applications hand over), then
+        // with every record sharing one static buffer (the producer's own cost, without the
+        // caller's allocation).
+        let (fresh, fresh_cpu, stats) = throughput_run(false, ordering).await;
+        let (shared, shared_cpu, _) = throughput_run(true, ordering).await;
+        let rate = |r: Option<f64>| r.map_or("null".to_owned(), |r| format!("{r:.0}"));
+        println!(
+            "{{\"scenario\": \"throughput\", \"ordering\": \"{name}\", \"records_per_s\": {fresh:.0}, \"records_per_s_shared_payload\": {shared:.0}, \"records_per_cpu_s\": {}, \"records_per_cpu_s_shared_payload\": {}, \"record_bytes\": {RECORD_BYTES}, \"keys\": {KEYS}, \"shards\": {}, \"records\": {}, \"kinesis_records\": {}, \"put_requests\": {}, \"user_records_per_kinesis_record\": {:.1}}}",
+            rate(fresh_cpu),
+            rate(shared_cpu),
+            shards(),
+            stats.user_records_delivered,
+            stats.kinesis_records_put,
+            stats.put_requests,
+            stats.user_records_delivered as f64 / stats.kinesis_records_put.max(1) as f64,
+        );
+    }
 }
 
 /// Sends 100-byte records for a few seconds, awaiting outcomes as they come (at most
 /// `OUTSTANDING` futures pending); returns records per second of wall time and of the thread's
 /// CPU time (everything runs on this thread; on a shared machine the CPU-time figure is the
 /// steadier one), and the producer's counters.
-async fn throughput_run(shared_payload: bool) -> (f64, Option<f64>, kpl::ProducerStats) {
+async fn throughput_run(shared_payload: bool, ordering: RecordOrder) -> (f64, Option<f64>, kpl::ProducerStats) {
     const OUTSTANDING: usize = 20_000;
     static PAYLOAD: [u8; RECORD_BYTES] = [b'x'; RECORD_BYTES];
     // The broker keeps records only briefly. What is measured is the producer; a broker holding
@@ -100,9 +118,9 @@ async fn throughput_run(shared_payload: bool) -> (f64, Option<f64>, kpl::Produce
     let broker_config =
         BrokerConfig { default_retention: Duration::from_millis(RETENTION_MS), ..BrokerConfig::default() };
     let broker = MemoryBroker::with_config(broker_config.without_throttling());
-    broker.create_stream(CreateStreamRequest::provisioned("bench", 4)).await.expect("create");
+    broker.create_stream(CreateStreamRequest::provisioned("bench", shards())).await.expect("create");
     // The broker's limits are off, so the producer's per-shard limiter is opened up too.
-    let config = ProducerConfig::default().rate_limit(1_000_000);
+    let config = ProducerConfig::default().rate_limit(1_000_000).ordering(ordering);
     let producer = Producer::builder(broker.clone(), "bench").config(config).build().await.expect("producer");
     let keys = keys();
 

@@ -29,8 +29,14 @@ use kinesis_core::aggregation::{AggregateBuilder, UnsealedAggregate};
 use kinesis_core::{HashKey, KinesisError, PutRecordsEntry};
 use tokio::time::Instant;
 
-use crate::config::Settings;
+use crate::config::{RecordOrder, Settings};
 use crate::record::Pending;
+
+/// What per-key ordering compares records by: the low 64 bits of the hash key (an MD5 digest,
+/// so its low bits are as good as any). Two keys that agree there only make a record wait.
+pub(crate) fn key_id(hash_key: HashKey) -> u64 {
+    hash_key.value() as u64
+}
 
 /// The outer partition key of every aggregate: one byte, as the KPL writes it.
 pub(crate) const AGGREGATE_PARTITION_KEY: &str = "a";
@@ -38,7 +44,8 @@ pub(crate) const AGGREGATE_PARTITION_KEY: &str = "a";
 /// One Kinesis record on its way: an aggregate (possibly compressed) or a plain user record,
 /// with the user records it carries, its place in the producer's order and its attempts.
 pub(crate) struct KinesisRecord {
-    /// Creation order within the producer; retried records are put back in this order.
+    /// Its first user record's [`order`](Pending::order): queues keep Kinesis records in this
+    /// order, and retried or re-packed ones go back to their place by it.
     pub seq: u64,
     /// The shard slot it was predicted for.
     pub slot: usize,
@@ -58,12 +65,17 @@ pub(crate) struct KinesisRecord {
     pub retry_at: Instant,
     /// When its last attempt failed, if one did.
     pub failed_at: Option<Instant>,
+    /// Whether an attempt — of it, or of the record its user records were re-packed from — may
+    /// have stored them: a request that timed out or failed ambiguously, or an aggregate stored
+    /// on a shard that did not own all its keys.
+    pub may_be_stored: bool,
 }
 
 impl KinesisRecord {
     /// Wraps what an aggregator produced.
-    pub fn new(built: Built, seq: u64, slot: usize, map_version: u64, s: &Settings) -> Self {
+    pub fn new(built: Built, slot: usize, map_version: u64, s: &Settings) -> Self {
         let oldest = built.users.iter().map(|u| u.arrival).min().unwrap_or_else(Instant::now);
+        let seq = built.users.first().map_or(0, |u| u.order);
         KinesisRecord {
             seq,
             slot,
@@ -75,12 +87,19 @@ impl KinesisRecord {
             last_error: None,
             retry_at: oldest,
             failed_at: None,
+            may_be_stored: false,
         }
     }
 
     /// The user records, in sub-sequence order (their data may be lent to the aggregate).
     pub fn users(&self) -> &[Pending] {
         &self.content.users
+    }
+
+    /// The [`key_id`]s of its user records, each at least once; kept only when records are
+    /// ordered (see [`RecordOrder`]).
+    pub fn keys(&self) -> &[u64] {
+        if self.content.keys.is_empty() { std::slice::from_ref(&self.content.first_key) } else { &self.content.keys }
     }
 
     /// Whether it is an aggregate (partition key `"a"`).
@@ -107,14 +126,19 @@ impl KinesisRecord {
 
     /// Computes the digests of the records' unsealed aggregates together (see
     /// [`UnsealedAggregate::seal_all`]): what a request does before it is sent.
-    pub fn seal_all(records: &mut [KinesisRecord]) {
+    pub fn seal_all<'a>(records: impl IntoIterator<Item = &'a mut KinesisRecord>) {
         let (contents, aggregates): (Vec<&mut Built>, Vec<UnsealedAggregate>) = records
-            .iter_mut()
+            .into_iter()
             .filter_map(|record| record.content.unsealed.take().map(|aggregate| (&mut record.content, aggregate)))
             .unzip();
         for (content, aggregate) in contents.into_iter().zip(UnsealedAggregate::seal_all(aggregates)) {
             content.store_sealed(aggregate);
         }
+    }
+
+    /// Whether its aggregate still waits for its digest.
+    pub fn is_unsealed(&self) -> bool {
+        self.content.unsealed.is_some()
     }
 
     /// The `PutRecords` entry that sends it (sealing it first if [`seal_all`](Self::seal_all)
@@ -129,11 +153,12 @@ impl KinesisRecord {
     }
 }
 
-impl Drop for KinesisRecord {
-    /// Records still inside (the producer's task is being torn down) get their data back, so
-    /// they are handed back whole.
+impl Drop for Built {
+    /// Records still inside (the producer's task is being torn down, or it panicked) get their
+    /// data back before they are dropped, so each is handed back whole with
+    /// [`ProduceError::Aborted`](crate::ProduceError::Aborted).
     fn drop(&mut self) {
-        if !self.content.users.is_empty() {
+        if !self.users.is_empty() {
             drop(self.take_users());
         }
     }
@@ -162,6 +187,11 @@ pub(crate) struct Built {
     aggregated: bool,
     /// The outer explicit hash key.
     explicit_hash_key: Option<HashKey>,
+    /// The [`key_id`]s of an aggregate's records, each at least once, when records are ordered;
+    /// empty for a record sent alone, whose one key is `first_key`.
+    keys: Vec<u64>,
+    /// The [`key_id`] of the first user record.
+    first_key: u64,
 }
 
 impl Built {
@@ -216,6 +246,26 @@ pub(crate) struct Aggregator {
     ranges: Vec<Range<usize>>,
     /// An emptied `users` vector of a delivered aggregate, reused for the next one.
     spare: Option<Vec<Pending>>,
+    /// With ordered records: the [`key_id`]s of the open aggregate's records, each at least
+    /// once (a new key in the builder's tables is noted; a known one is not).
+    keys: Vec<u64>,
+    /// Whether a record of the open aggregate has an explicit hash key: then the partition-key
+    /// table no longer tells which hash keys are known, and every record's key is noted.
+    mixed: bool,
+    /// The size the open aggregate may reach, when it was allowed past `aggregation_max_size`
+    /// because it is held back anyway (0: not).
+    grown_limit: usize,
+    /// Aggregates closed so far: tells one open aggregate from the next.
+    closed: u64,
+}
+
+impl Drop for Aggregator {
+    /// Like [`Built`]'s: the open aggregate's records get their data back first.
+    fn drop(&mut self) {
+        if !self.users.is_empty() {
+            drop(self.take_users());
+        }
+    }
 }
 
 impl Aggregator {
@@ -240,6 +290,26 @@ impl Aggregator {
         self.spare.is_none()
     }
 
+    /// The [`key_id`]s of the open aggregate's records (kept only when records are ordered).
+    pub fn keys(&self) -> &[u64] {
+        &self.keys
+    }
+
+    /// Whether the open aggregate was let grow past `aggregation_max_size` (it was held back).
+    pub fn grown(&self) -> bool {
+        self.grown_limit > 0
+    }
+
+    /// The size of the open aggregate if it was let grow, else 0.
+    pub fn grown_bytes(&self) -> usize {
+        if self.grown() { self.builder.encoded_len() } else { 0 }
+    }
+
+    /// Tells the open aggregate from later ones: it changes whenever an aggregate closes.
+    pub fn opened(&self) -> u64 {
+        self.closed
+    }
+
     /// When its oldest record arrived.
     pub fn oldest_arrival(&self) -> Option<Instant> {
         self.users.first().map(|u| u.arrival)
@@ -247,9 +317,21 @@ impl Aggregator {
 
     /// Adds a record; Kinesis records completed by it (none, one or two) go to `out`, in order.
     ///
+    /// When the record does not fit within `aggregation_max_size`, `grow` is asked, with the
+    /// [`key_id`]s of the open aggregate, whether the aggregate is held back (it shares a key with
+    /// an earlier record still unsent or unanswered, so it could not go before that one's reply
+    /// anyway); if it names a larger size, the aggregate keeps filling up to it instead of
+    /// closing. A record of a slow shard then carries more per round trip.
+    ///
     /// The record is moved once, into the aggregate's list, and taken back out only when it does
     /// not fit (records are large enough for extra moves to show in the producer's throughput).
-    pub fn add(&mut self, user: Pending, s: &Settings, out: &mut Vec<Built>) {
+    pub fn add(
+        &mut self,
+        user: Pending,
+        s: &Settings,
+        out: &mut Vec<Built>,
+        grow: impl FnOnce(&[u64]) -> Option<usize>,
+    ) {
         if !s.aggregation {
             out.push(plain(user));
             return;
@@ -257,6 +339,16 @@ impl Aggregator {
         self.users.push(user);
         if self.add_last(s) {
             return self.flush_if_counted(s, out);
+        }
+        if self.users.len() > 1
+            && self.grown_limit == 0
+            && let Some(limit) = grow(&self.keys)
+            && limit > s.aggregation_max_size
+        {
+            self.grown_limit = limit;
+            if self.add_last(s) {
+                return self.flush_if_counted(s, out);
+            }
         }
         let Some(user) = self.users.pop() else { return };
         if self.users.is_empty() {
@@ -282,6 +374,8 @@ impl Aggregator {
     /// record keeps its buffer, in case it ends up sent alone.
     fn add_last(&mut self, s: &Settings) -> bool {
         let first = self.users.len() == 1;
+        let limit = self.grown_limit.max(s.aggregation_max_size);
+        let counts = (self.builder.partition_key_count(), self.builder.explicit_hash_key_count());
         let Some(user) = self.users.last_mut() else { return false };
         // A record routed by its partition key carries the key's MD5 already: the builder looks
         // the key up by it instead of hashing the key again.
@@ -295,10 +389,21 @@ impl Aggregator {
             user.explicit_hash_key(),
             user.data().as_ref(),
             &[],
-            s.aggregation_max_size,
+            limit,
         );
         if added.is_err() {
             return false;
+        }
+        if s.ordering != RecordOrder::Unordered {
+            let new_key = if user.explicit_hash_key().is_some() {
+                self.mixed = true;
+                self.builder.explicit_hash_key_count() > counts.1
+            } else {
+                self.mixed || self.builder.partition_key_count() > counts.0
+            };
+            if new_key {
+                self.keys.push(key_id(user.hash_key));
+            }
         }
         if !first {
             // The data's place in the aggregate is known when it is encoded; until then only
@@ -328,12 +433,25 @@ impl Aggregator {
         }
     }
 
+    /// Starts the next aggregate's key notes; returns the closed one's.
+    fn take_keys(&mut self) -> Vec<u64> {
+        self.mixed = false;
+        self.grown_limit = 0;
+        self.closed += 1;
+        if self.keys.is_empty() {
+            return Vec::new();
+        }
+        let capacity = self.keys.len();
+        std::mem::replace(&mut self.keys, Vec::with_capacity(capacity))
+    }
+
     /// Closes the current aggregate, if it holds anything.
     pub fn flush(&mut self, s: &Settings) -> Option<Built> {
         match self.users.len() {
             0 => None,
             1 if s.compression.is_none() => {
                 self.builder.clear();
+                self.take_keys();
                 self.users.pop().map(plain)
             }
             n => {
@@ -344,12 +462,23 @@ impl Aggregator {
                     None => Vec::with_capacity(n + n / 8 + 2),
                 };
                 let mut users = std::mem::replace(&mut self.users, next);
+                let keys = self.take_keys();
                 let aggregate = self.encode(&mut users);
                 let explicit_hash_key = users.first().map(|u| u.hash_key);
+                let first_key = explicit_hash_key.map_or(0, key_id);
                 let Some(level) = s.compression else {
                     // The digest is computed when the aggregate is sent, with the request's others.
                     let (payload, source, unsealed) = (Bytes::new(), None, Some(aggregate));
-                    return Some(Built { users, source, payload, unsealed, aggregated: true, explicit_hash_key });
+                    return Some(Built {
+                        users,
+                        source,
+                        payload,
+                        unsealed,
+                        aggregated: true,
+                        explicit_hash_key,
+                        keys,
+                        first_key,
+                    });
                 };
                 let aggregate = aggregate.seal();
                 let packed = compress(&aggregate, level);
@@ -360,7 +489,16 @@ impl Aggregator {
                     aggregate.clone()
                 };
                 let source = Some(aggregate);
-                Some(Built { users, source, payload, unsealed: None, aggregated: true, explicit_hash_key })
+                Some(Built {
+                    users,
+                    source,
+                    payload,
+                    unsealed: None,
+                    aggregated: true,
+                    explicit_hash_key,
+                    keys,
+                    first_key,
+                })
             }
         }
     }
@@ -375,6 +513,10 @@ impl Aggregator {
             restore_data(&mut users, &aggregate);
         }
         self.builder.clear();
+        self.keys.clear();
+        self.mixed = false;
+        self.grown_limit = 0;
+        self.closed += 1;
         users
     }
 
@@ -386,6 +528,7 @@ impl Aggregator {
             let packed = compress(&self.builder.take(), level);
             if packed.len() + AGGREGATE_PARTITION_KEY.len() <= s.max_record_bytes {
                 let explicit_hash_key = Some(user.hash_key);
+                let first_key = key_id(user.hash_key);
                 let users = vec![user];
                 return Built {
                     users,
@@ -394,6 +537,8 @@ impl Aggregator {
                     unsealed: None,
                     aggregated: true,
                     explicit_hash_key,
+                    keys: Vec::new(),
+                    first_key,
                 };
             }
         }
@@ -412,7 +557,17 @@ fn restore_data(users: &mut [Pending], aggregate: &Bytes) {
 fn plain(user: Pending) -> Built {
     let explicit_hash_key = user.explicit_hash_key().is_some().then_some(user.hash_key);
     let payload = user.data().clone();
-    Built { payload, users: vec![user], source: None, unsealed: None, aggregated: false, explicit_hash_key }
+    let first_key = key_id(user.hash_key);
+    Built {
+        payload,
+        users: vec![user],
+        source: None,
+        unsealed: None,
+        aggregated: false,
+        explicit_hash_key,
+        keys: Vec::new(),
+        first_key,
+    }
 }
 
 /// Packs user records (all for one shard, in order) into as few Kinesis records as the limits
@@ -421,7 +576,7 @@ pub(crate) fn pack(users: impl IntoIterator<Item = Pending>, s: &Settings) -> Ve
     let mut aggregator = Aggregator::default();
     let mut out = Vec::new();
     for user in users {
-        aggregator.add(user, s, &mut out);
+        aggregator.add(user, s, &mut out, |_| None);
     }
     out.extend(aggregator.flush(s));
     out
@@ -468,7 +623,7 @@ mod tests {
         let mut aggregator = Aggregator::default();
         let mut out = Vec::new();
         for i in 0..100u8 {
-            aggregator.add(user(&format!("k{}", i % 7), &[i; 40]), &s, &mut out);
+            aggregator.add(user(&format!("k{}", i % 7), &[i; 40]), &s, &mut out, |_| None);
         }
         out.extend(aggregator.flush(&s));
         assert!(out.len() > 1);
@@ -487,9 +642,9 @@ mod tests {
         let s = settings(ProducerConfig::default().aggregation_max_size(200));
         let mut aggregator = Aggregator::default();
         let mut out = Vec::new();
-        aggregator.add(user("a", b"small"), &s, &mut out);
-        aggregator.add(user("b", &[1; 500]), &s, &mut out);
-        aggregator.add(user("c", b"tail"), &s, &mut out);
+        aggregator.add(user("a", b"small"), &s, &mut out, |_| None);
+        aggregator.add(user("b", &[1; 500]), &s, &mut out, |_| None);
+        aggregator.add(user("c", b"tail"), &s, &mut out, |_| None);
         out.extend(aggregator.flush(&s));
         assert_eq!(out.len(), 3, "the small record is closed off before the large one to keep order");
         assert!(out.iter().all(|b| !b.aggregated && b.explicit_hash_key.is_none()));
@@ -525,7 +680,7 @@ mod tests {
         let mut aggregator = Aggregator::default();
         let mut out = Vec::new();
         for i in 0..4u8 {
-            aggregator.add(user(&format!("k{i}"), &[b'a' + i; 10]), &s, &mut out);
+            aggregator.add(user(&format!("k{i}"), &[b'a' + i; 10]), &s, &mut out, |_| None);
         }
         assert!(out.is_empty(), "still filling");
         let users = aggregator.take_users();
@@ -556,8 +711,7 @@ mod tests {
             one_by_one.push(b.payload.clone());
         }
         let sizes: Vec<usize> = built.iter().map(Built::payload_len).collect();
-        let mut records: Vec<KinesisRecord> =
-            built.into_iter().enumerate().map(|(seq, b)| KinesisRecord::new(b, seq as u64, 0, 1, &s)).collect();
+        let mut records: Vec<KinesisRecord> = built.into_iter().map(|b| KinesisRecord::new(b, 0, 1, &s)).collect();
         KinesisRecord::seal_all(&mut records);
         let payloads: Vec<Bytes> = records.iter_mut().map(|r| r.entry().data).collect();
         assert_eq!(payloads.iter().map(Bytes::len).collect::<Vec<_>>(), sizes, "sizes were exact before sealing");
@@ -580,7 +734,7 @@ mod tests {
         let built = pack(inputs.iter().map(|(k, d)| user(k, d)), &s).pop().expect("one aggregate");
         assert!(built.users[1..].iter().all(|u| u.partition_key().is_empty() && u.data().is_empty()), "lent");
         assert_eq!(built.users.iter().map(Pending::data_len).collect::<Vec<_>>(), [1, 2, 3, 4, 5, 6]);
-        let mut record = KinesisRecord::new(built, 0, 0, 1, &s);
+        let mut record = KinesisRecord::new(built, 0, 1, &s);
         let back: Vec<(String, Vec<u8>)> =
             record.take_users().iter().map(|u| (u.partition_key().to_owned(), u.data().to_vec())).collect();
         assert_eq!(back, inputs);

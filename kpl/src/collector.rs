@@ -3,19 +3,19 @@
 //! the service counts them); a record larger than that goes alone.
 //!
 //! A request is built when one would be full, when a ready record has reached its deadline, when
-//! a shard has 256 KiB ready (as in the KPL), or when the producer is flushing; it then takes records from every shard that may send (round
-//! robin, so no shard starves), each admitted by its shard's limiter. A shard may send while it
-//! has fewer than `max_in_flight_per_shard` requests in flight; in strict-ordering mode, also
-//! only when it has no record waiting out a retry backoff and no parent shard with a request in
-//! flight, and a request never carries two Kinesis records of one shard with a hash key in
-//! common (a partial failure could otherwise store the later one and retry the earlier one).
-
-use std::collections::HashSet;
+//! a shard has 256 KiB ready (as in the KPL), or when the producer is flushing; it then takes
+//! records from every shard that may send (round robin, so no shard starves), each admitted by its
+//! shard's limiter. A shard may send while it has fewer than `max_in_flight_per_shard` requests
+//! in flight. With per-key ordering (the default), also only when no parent shard has a request
+//! in flight or records ready, and its next record waits while one of its hash keys is out — in
+//! a request in flight, in this request, or waiting out a retry backoff — so requests in flight
+//! together never share a key for one shard (a partial failure could otherwise store the later
+//! record and retry the earlier one).
 
 use tokio::time::Instant;
 
 use crate::aggregator::KinesisRecord;
-use crate::config::Settings;
+use crate::config::{RecordOrder, Settings};
 use crate::slot::Slot;
 
 /// A shard with this many bytes ready sends without waiting for a full request or a deadline,
@@ -44,10 +44,7 @@ fn may_send(slots: &[Option<Slot>], index: usize, s: &Settings, now: Instant) ->
     if slot.limiter_wait.is_some_and(|t| t > now) {
         return false;
     }
-    if s.strict {
-        if !slot.backoff.is_empty() {
-            return false;
-        }
+    if s.ordering == RecordOrder::PerKey {
         let parent_busy = slot.parents.iter().any(|parent| {
             slots.iter().flatten().any(|other| &other.id == parent && (other.in_flight > 0 || !other.ready.is_empty()))
         });
@@ -59,9 +56,18 @@ fn may_send(slots: &[Option<Slot>], index: usize, s: &Settings, now: Instant) ->
 }
 
 impl Collector {
-    /// The next request to send, if one should go now. `force` sends whatever may be sent
-    /// (flush and shutdown).
-    pub fn next_batch(&mut self, slots: &mut [Option<Slot>], s: &Settings, now: Instant, force: bool) -> Option<Batch> {
+    /// The next request to send, if one should go now, of at most `max_bytes` (the congestion
+    /// control's request size; a single larger record goes alone). `force` sends whatever may be
+    /// sent (flush and shutdown).
+    pub fn next_batch(
+        &mut self,
+        slots: &mut [Option<Slot>],
+        s: &Settings,
+        now: Instant,
+        force: bool,
+        max_bytes: usize,
+    ) -> Option<Batch> {
+        let max_bytes = max_bytes.min(s.collection_max_size);
         // Survey: is there a full request's worth, or a record due?
         let (mut count, mut bytes, mut due) = (0usize, 0usize, false);
         for index in 0..slots.len() {
@@ -71,17 +77,18 @@ impl Collector {
             if let Some(Some(slot)) = slots.get(index) {
                 count += slot.ready.len();
                 bytes += slot.ready_bytes;
-                due |= slot.ready_bytes >= SHARD_READY_BYTES_TRIGGER
+                // An open aggregate that grows because it is held back by these records counts
+                // towards the shard's trigger: it is where the shard's batching goes on.
+                due |= slot.ready_bytes + slot.aggregator.grown_bytes() >= SHARD_READY_BYTES_TRIGGER
                     || slot.ready.front().is_some_and(|r| r.deadline <= now);
             }
         }
-        if count == 0 || !(force || due || count >= s.collection_max_count || bytes >= s.collection_max_size) {
+        if count == 0 || !(force || due || count >= s.collection_max_count || bytes >= max_bytes) {
             return None;
         }
 
         let mut batch = Batch { records: Vec::new(), slots: Vec::new() };
         let mut size = 0usize;
-        let mut keys = HashSet::new();
         let n = slots.len();
         'slots: for step in 0..n {
             let index = (self.cursor + step) % n;
@@ -89,18 +96,19 @@ impl Collector {
                 continue;
             }
             let Some(Some(slot)) = slots.get_mut(index) else { continue };
-            keys.clear();
             let mut took = false;
             let mut full = false;
             while let Some(front) = slot.ready.front() {
                 let record_size = front.billed_size();
                 if batch.records.len() >= s.collection_max_count
-                    || (size + record_size > s.collection_max_size && !batch.records.is_empty())
+                    || (size + record_size > max_bytes && !batch.records.is_empty())
                 {
                     full = true;
                     break;
                 }
-                if s.strict && front.users().iter().any(|u| keys.contains(&u.hash_key)) {
+                // A record taken into this request counts as out already, so this also keeps two
+                // records of one key out of one request.
+                if slot.keeps_order && slot.keys.blocks(front.keys()) {
                     break;
                 }
                 if let Err(retry_at) = slot.limiter.try_acquire(record_size, now) {
@@ -108,10 +116,7 @@ impl Collector {
                     break;
                 }
                 slot.limiter_wait = None;
-                let Some(record) = slot.pop_ready() else { break };
-                if s.strict {
-                    keys.extend(record.users().iter().map(|u| u.hash_key));
-                }
+                let Some(record) = slot.take_to_send() else { break };
                 size += record_size;
                 batch.records.push(record);
                 took = true;

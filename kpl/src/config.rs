@@ -2,7 +2,7 @@
 //!
 //! Every option of the KPL that still means something for an in-process library is here, under
 //! its snake-case name, with the KPL's default (`KinesisProducerConfiguration`). Options the KPL
-//! does not have (the memory bound, per-shard in-flight cap, compression, strict ordering,
+//! does not have (the memory bound, per-shard in-flight cap, compression, record ordering,
 //! shard-map refresh, retry backoff) have defaults chosen and explained on their fields.
 //!
 //! ```
@@ -26,6 +26,25 @@ use thiserror::Error;
 const MAX_AGGREGATION_SIZE: usize = MAX_MAX_RECORD_SIZE_KIB as usize * 1024;
 /// Smallest `CollectionMaxSize` the KPL accepts.
 const MIN_COLLECTION_MAX_SIZE: usize = 52_224;
+
+/// What order the producer stores records in (see the crate documentation's ordering section).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RecordOrder {
+    /// Each partition key's records are stored in send order, also under retries and
+    /// resharding (duplicates and gaps aside): a record is not sent while an earlier record of
+    /// its key (same shard) is in flight or waiting out a retry backoff, so requests in flight
+    /// together never share a key; a child shard waits for its parents' requests; and nothing is
+    /// sent while an aggregate that landed on an unexpected shard awaits judgement. Records of
+    /// different keys still travel in parallel, and an aggregate held back behind an earlier
+    /// record of its keys keeps filling (up to 1 MiB) instead of waiting small.
+    #[default]
+    PerKey,
+    /// No order beyond what one request keeps: several requests in flight for one shard may carry
+    /// records of one key and be stored either way round, and retries overtake (the KPL's
+    /// behaviour). It skips the per-key bookkeeping; see the README for what that gains.
+    Unordered,
+}
 
 /// Whether and how aggregates are compressed before they are sent.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -55,7 +74,9 @@ pub struct ProducerConfig {
     pub aggregation_max_count: usize,
     /// Most bytes in one aggregate, magic and checksum included (`AggregationMaxSize`, 51200).
     /// Clamped to the stream's maximum record size; a user record that does not fit an empty
-    /// aggregate is sent on its own.
+    /// aggregate is sent on its own. With per-key ordering, an aggregate that could not be sent
+    /// before an earlier record of one of its keys is answered anyway keeps filling past this,
+    /// up to 1 MiB (and what the endpoint currently takes in one request), rather than wait small.
     pub aggregation_max_size: usize,
     /// Most Kinesis records in one `PutRecords` request (`CollectionMaxCount`, 500).
     pub collection_max_count: usize,
@@ -76,12 +97,17 @@ pub struct ProducerConfig {
     pub rate_limit: u32,
     /// Fail records whose write was throttled instead of retrying them (`FailIfThrottled`, false).
     pub fail_if_throttled: bool,
-    /// Longest one `PutRecords` call may take (`RequestTimeout`, 6 s). A timed-out request is
-    /// retried; it may have succeeded, so retrying it can duplicate records.
+    /// Longest one `PutRecords` call may take (`RequestTimeout`, 6 s): the ceiling of each
+    /// request's time-out, which otherwise follows the endpoint's measured latency for the
+    /// request's size (2 × predicted + 4 deviations, at least half the ceiling). A timed-out request is
+    /// retried once the congestion window has shrunk; it may have succeeded, so retrying it can
+    /// duplicate records.
     pub request_timeout: Duration,
-    /// Most `PutRecords` requests in flight at once (24, the KPL's `MaxConnections`).
+    /// Most `PutRecords` requests in flight at once (24, the KPL's `MaxConnections`): the ceiling
+    /// of the congestion window, which starts at 4, grows while answers come as fast as
+    /// predicted, halves on a time-out and shrinks by a third when latency rises.
     pub max_in_flight_requests: usize,
-    /// Most requests in flight that carry records for one shard (4). Strict ordering forces 1.
+    /// Most requests in flight that carry records for one shard (4).
     pub max_in_flight_per_shard: usize,
     /// The memory bound: bytes of accepted, unfinished user records the producer holds (64 MiB).
     /// Each record counts its partition key, explicit hash key and data plus
@@ -91,10 +117,9 @@ pub struct ProducerConfig {
     pub max_buffered_bytes: usize,
     /// Compression of aggregates (off).
     pub compression: Compression,
-    /// Strict per-partition-key ordering (off): one request in flight per shard, failed records
-    /// retried before any newer record of their shard, and no two Kinesis records with a common
-    /// hash key in one request. See the crate documentation.
-    pub strict_ordering: bool,
+    /// What order records are stored in ([`RecordOrder::PerKey`]: each partition key's records
+    /// in send order, also under retries and resharding). See the crate documentation.
+    pub ordering: RecordOrder,
     /// How often the shard map is re-read with `ListShards` (30 s). It is also re-read at once
     /// when a record lands on a shard the map did not predict.
     pub shard_map_refresh_interval: Duration,
@@ -125,7 +150,7 @@ impl Default for ProducerConfig {
             max_in_flight_per_shard: 4,
             max_buffered_bytes: 64 * 1024 * 1024,
             compression: Compression::None,
-            strict_ordering: false,
+            ordering: RecordOrder::PerKey,
             shard_map_refresh_interval: Duration::from_secs(30),
             retry_base_delay: Duration::from_millis(100),
             retry_max_delay: Duration::from_secs(5),
@@ -176,8 +201,8 @@ impl ProducerConfig {
         max_buffered_bytes: usize;
         /// Sets [`compression`](Self::compression).
         compression: Compression;
-        /// Sets [`strict_ordering`](Self::strict_ordering).
-        strict_ordering: bool;
+        /// Sets [`ordering`](Self::ordering).
+        ordering: RecordOrder;
         /// Sets [`shard_map_refresh_interval`](Self::shard_map_refresh_interval).
         shard_map_refresh_interval: Duration;
         /// Sets [`retry_base_delay`](Self::retry_base_delay).
@@ -245,7 +270,6 @@ impl ProducerConfig {
                 ),
             });
         }
-        let per_shard = if self.strict_ordering { 1 } else { self.max_in_flight_per_shard };
         Ok(Settings {
             aggregation: self.aggregation_enabled,
             aggregation_max_count: self.aggregation_max_count,
@@ -259,12 +283,12 @@ impl ProducerConfig {
             fail_if_throttled: self.fail_if_throttled,
             request_timeout: self.request_timeout,
             max_in_flight: self.max_in_flight_requests,
-            max_in_flight_per_shard: per_shard,
+            max_in_flight_per_shard: self.max_in_flight_per_shard,
             compression: match self.compression {
                 Compression::None => None,
                 Compression::Zlib { level } => Some(level),
             },
-            strict: self.strict_ordering,
+            ordering: self.ordering,
             refresh_interval: self.shard_map_refresh_interval,
             retry_base: self.retry_base_delay,
             retry_max: self.retry_max_delay,
@@ -300,7 +324,7 @@ pub(crate) struct Settings {
     pub max_in_flight: usize,
     pub max_in_flight_per_shard: usize,
     pub compression: Option<u32>,
-    pub strict: bool,
+    pub ordering: RecordOrder,
     pub refresh_interval: Duration,
     pub retry_base: Duration,
     pub retry_max: Duration,
@@ -326,7 +350,7 @@ mod tests {
         assert!(!c.fail_if_throttled);
         assert_eq!(c.request_timeout, Duration::from_secs(6));
         assert_eq!(c.compression, Compression::None);
-        assert!(!c.strict_ordering);
+        assert_eq!(c.ordering, RecordOrder::PerKey);
         assert!(c.validate().is_ok());
     }
 
@@ -360,9 +384,5 @@ mod tests {
         assert_eq!(s.collection_max_size, limits.max_request_bytes);
         let err = ProducerConfig::default().max_buffered_bytes(1 << 20).resolve(limits).expect_err("too small");
         assert_eq!(err.field, "max_buffered_bytes");
-        assert_eq!(
-            ProducerConfig::default().strict_ordering(true).resolve(limits).map(|s| s.max_in_flight_per_shard),
-            Ok(1)
-        );
     }
 }

@@ -56,33 +56,49 @@
 //!
 //! # Ordering
 //!
-//! What a consumer reading one shard sees for records of one partition key (one hash key), sent
-//! from one task, one after another:
+//! What a consumer reading a stream (parents before children, as the KCL does) sees for the
+//! records of one partition key (one hash key), sent from one task one after another, by
+//! [`RecordOrder`] ([`ProducerConfig::ordering`]):
 //!
-//! * **Without failures**, in send order if they travel in one aggregate or one request (the
-//!   service stores a request's entries in order). Requests to one shard go out in order, but
-//!   with `max_in_flight_per_shard` > 1 (default 4) two of them can be in flight together and
-//!   be stored either way round, as with the KPL ("coarse ordering").
-//! * **Retries reorder.** A failed Kinesis record is retried after a backoff; records sent after
-//!   it — in later requests, or later in the same request when only some entries failed — may
-//!   be stored first. A retried record goes back ahead of newer records still *queued* for its
-//!   shard, never ahead of ones already in flight or stored.
+//! * **[`RecordOrder::PerKey`], the default: send order**, duplicates and gaps aside — the first
+//!   stored copy of each record comes after the first copy of every record of its key sent
+//!   before it. A Kinesis record is not sent while an earlier record of one of its keys for the
+//!   same shard is in flight or waiting out a retry backoff, so requests in flight together never
+//!   share a key (a partial failure or a reordered answer cannot matter) and a retried record
+//!   keeps its place: it goes back into its shard's queue by take-in order, ahead of every newer
+//!   record. After a reshard a child shard waits until its parents' requests have finished, and
+//!   nothing is sent while an aggregate that landed on a shard the map does not know awaits
+//!   judgement. Records of different keys still travel in parallel; an aggregate that has to wait
+//!   behind an earlier record of its keys keeps filling (up to 1 MiB) instead of waiting small, so
+//!   one round trip carries more — on a healthy endpoint this costs no throughput (see the
+//!   README's figures).
+//! * **[`RecordOrder::Unordered`]: the KPL's "coarse ordering".** Without failures, in send order
+//!   if they travel in one aggregate or one request (the service stores a request's entries in
+//!   order). With `max_in_flight_per_shard` > 1 (default 4) two requests for one shard can be in
+//!   flight together and be stored either way round, and a retried record may be stored after
+//!   records sent after it.
+//!
+//! In both modes:
+//!
 //! * **Retries can duplicate.** A timed-out request may have been stored; retrying it stores its
-//!   records again. An aggregate that lands on a shard that does not own all of its records'
-//!   hash keys (the shard split while it was on its way) has all its records re-sent: the KCL
-//!   drops such an aggregate whole, so re-sending is the only way it loses nothing; consumers
-//!   that do not filter by hash range see those records twice.
-//! * **Failures leave gaps.** A record that expires or is rejected is missing; later records of
-//!   the key are still delivered.
+//!   records again (the late copy may land after newer records). An aggregate that lands on a
+//!   shard that does not own all of its records' hash keys (the shard split while it was on its
+//!   way) has all its records re-sent: the KCL drops such an aggregate whole, so re-sending is the
+//!   only way it loses nothing; consumers that do not filter by hash range see those records
+//!   twice.
+//! * **Failures leave gaps, as far as the producer knows.** A record that expires or is rejected
+//!   resolves with an error and comes back; later records of the key are still delivered. An
+//!   error means *not known to be stored*: [`ProduceError::may_be_stored`] says whether an
+//!   attempt (a timed-out request, an aggregate stored on a shard it could not judge in time)
+//!   may have stored it after all. A record is never reported delivered unless a shard that owns
+//!   its hash key stored it.
+//! * **Congestion control.** The number of requests in flight, their size and their time-outs
+//!   follow the endpoint's measured latency (AIMD; see `congestion`), so a slow endpoint gets
+//!   fewer, smaller requests instead of time-outs whose re-sends slow it further.
 //!
-//! With [`ProducerConfig::strict_ordering`], the stored order of a key's records is its send
-//! order, duplicates and gaps aside: each shard has at most one request in flight; a request
-//! never carries two Kinesis records of one shard that share a hash key (so a partial failure
-//! cannot store the later one); a shard whose records are waiting out a backoff sends nothing
-//! until they are queued again, first; after a reshard a child shard waits until its parents'
-//! requests have finished, and nothing is sent while an aggregate that landed on an unexpected
-//! shard awaits judgement. Duplicates from time-outs come back in order (the retried records go
-//! first). The price is throughput: one request per shard per round trip.
+//! If the producer's task panics, every record it had not finished resolves with
+//! [`ProduceError::Aborted`] and comes back whole, and `send` fails at once with
+//! [`SendError::Closed`].
 //!
 //! # Memory
 //!
@@ -127,6 +143,7 @@ mod aggregator;
 mod collector;
 mod completion;
 mod config;
+mod congestion;
 mod error;
 mod key_cache;
 mod limiter;
@@ -142,7 +159,7 @@ pub mod telemetry;
 mod time;
 mod validate;
 
-pub use config::{Compression, ConfigError, ProducerConfig};
+pub use config::{Compression, ConfigError, ProducerConfig, RecordOrder};
 pub use error::{BuildError, ProduceError, SendError};
 pub use producer::{Producer, ProducerBuilder};
 pub use record::{DeliveryFuture, DeliveryResult, RecordMetadata, UserRecord};

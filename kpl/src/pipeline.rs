@@ -23,7 +23,8 @@ use tokio::time::Instant;
 
 use crate::aggregator::{Built, KinesisRecord, pack};
 use crate::collector::{Batch, Collector};
-use crate::config::Settings;
+use crate::config::{RecordOrder, Settings};
+use crate::congestion::{Congestion, Sent};
 use crate::error::ProduceError;
 use crate::limiter::Limiter;
 use crate::producer::{Command, Shared};
@@ -45,11 +46,18 @@ const TRIGGERED_REFRESH_SPACING: Duration = Duration::from_secs(1);
 /// Pause after a failed shard-map read, growing ×1.5 per failure up to 30 s (as the KPL).
 const REFRESH_RETRY_BASE: Duration = Duration::from_secs(1);
 const REFRESH_RETRY_MAX: Duration = Duration::from_secs(30);
+/// Aggregates whose digests are computed side by side (see `kinesis_core`'s `md5_each`).
+const SEAL_LANES: usize = 8;
+/// The largest an aggregate held back by per-key ordering grows: the classic 1 MiB record, which
+/// every consumer takes.
+const GROWN_AGGREGATE_MAX: usize = 1 << 20;
 
 /// A request in flight: its records wait here for the answer.
 struct InFlight {
     records: Vec<KinesisRecord>,
     slots: Vec<usize>,
+    /// Its size, time-out and congestion epoch.
+    sent: Sent,
 }
 
 /// A stored aggregate whose shard the map did not predict, waiting for a fresh map to tell
@@ -64,13 +72,14 @@ struct Parked {
 /// How a record goes back into a queue after being taken apart.
 #[derive(Clone)]
 struct Requeue {
-    seq: u64,
     attempts: u32,
     last_error: Option<Arc<KinesisError>>,
     /// `Some`: wait in backoff until then; `None`: ready at once.
     retry_at: Option<Instant>,
     /// When its last attempt failed (for `BufferingTime` between attempts).
     failed_at: Option<Instant>,
+    /// Whether an attempt may have stored the records.
+    may_be_stored: bool,
 }
 
 pub(crate) struct Pipeline {
@@ -85,9 +94,11 @@ pub(crate) struct Pipeline {
     slots: Vec<Option<Slot>>,
     free_slots: Vec<usize>,
     slot_of: HashMap<kinesis_core::ShardId, usize>,
-    next_seq: u64,
+    /// The [`order`](Pending::order) the next record taken in gets.
+    next_order: u64,
 
     collector: Collector,
+    congestion: Congestion,
     tasks: JoinSet<RequestOutcome>,
     task_requests: HashMap<tokio::task::Id, u64>,
     requests: HashMap<u64, InFlight>,
@@ -123,10 +134,8 @@ pub(crate) struct Pipeline {
 }
 
 /// Wraps a finished aggregate into a Kinesis record of `slot` and queues it.
-fn queue_built(slot: &mut Slot, built: Built, next_seq: &mut u64, index: usize, version: u64, s: &Settings) {
-    let record = KinesisRecord::new(built, *next_seq, index, version, s);
-    *next_seq += 1;
-    slot.push_ready(record);
+fn queue_built(slot: &mut Slot, built: Built, index: usize, version: u64, s: &Settings) {
+    slot.push_ready(KinesisRecord::new(built, index, version, s));
 }
 
 impl Pipeline {
@@ -147,14 +156,14 @@ impl Pipeline {
             shared,
             client,
             stream,
-            s,
             map,
             route: Vec::new(),
             slots: Vec::new(),
             free_slots: Vec::new(),
             slot_of: HashMap::new(),
-            next_seq: 0,
+            next_order: 0,
             collector: Collector::default(),
+            congestion: Congestion::new(s.max_in_flight, s.collection_max_size, s.request_timeout),
             tasks: JoinSet::new(),
             task_requests: HashMap::new(),
             requests: HashMap::new(),
@@ -180,6 +189,7 @@ impl Pipeline {
             built: Vec::new(),
             list_pool: Vec::new(),
             list_pool_bytes: 0,
+            s,
         };
         let shards: Vec<MapShard> = pipeline.map.shards().to_vec();
         pipeline.route = shards.iter().map(|shard| pipeline.add_slot(shard, now)).collect();
@@ -189,6 +199,7 @@ impl Pipeline {
     /// Runs until shut down (by [`Command::Shutdown`] or when every producer handle is gone)
     /// and every accepted record has finished.
     pub async fn run(mut self) {
+        let mut stopped = Stopped { shared: self.shared.clone(), finished: false };
         let idle = |now: Instant| after(now, Duration::from_secs(3600));
         let sleep = tokio::time::sleep_until(idle(Instant::now()));
         tokio::pin!(sleep);
@@ -234,6 +245,7 @@ impl Pipeline {
         }
         self.shared.close();
         self.settle();
+        stopped.finished = true;
         let _ = self.finished.send(true);
     }
 
@@ -277,8 +289,11 @@ impl Pipeline {
         self.metrics.user_records_received.increment(batch.len() as u64);
         self.outstanding += batch.len();
         let version = self.map.version();
+        let grown_limit = self.grown_aggregate_limit();
         for mut user in batch.drain(..) {
             user.arrival = now;
+            user.order = self.next_order;
+            self.next_order += 1;
             match self.epochs.back_mut() {
                 Some((epoch, count)) if *epoch == user.epoch => *count += 1,
                 _ => self.epochs.push_back((user.epoch, 1)),
@@ -290,10 +305,10 @@ impl Pipeline {
                 self.finish(user, Err(error));
                 continue;
             };
-            slot.aggregator.add(user, &self.s, &mut self.built);
+            slot.aggregate(user, &self.s, grown_limit, &mut self.built);
             if !self.built.is_empty() {
                 for built in self.built.drain(..) {
-                    queue_built(slot, built, &mut self.next_seq, index, version, &self.s);
+                    queue_built(slot, built, index, version, &self.s);
                 }
                 if slot.aggregator.wants_spare()
                     && let Some(list) = self.list_pool.pop()
@@ -306,6 +321,16 @@ impl Pipeline {
         self.inbox_spare = batch;
     }
 
+    /// The size an aggregate held back by per-key ordering may grow to: what the endpoint takes
+    /// in one request now (see [`Congestion::request_bytes`]), at most a 1 MiB record.
+    fn grown_aggregate_limit(&self) -> usize {
+        self.congestion
+            .request_bytes()
+            .min(GROWN_AGGREGATE_MAX)
+            .min(self.s.max_record_bytes.saturating_sub(1))
+            .max(self.s.aggregation_max_size)
+    }
+
     // ----- 2. deadlines: aggregates, backoffs, expiry, shard map ---------------------------
 
     fn maintain(&mut self, now: Instant) {
@@ -313,17 +338,29 @@ impl Pipeline {
         self.start_refresh_if_due(now);
         self.expire_parked(now);
         let version = self.map.version();
+        let due = |slot: &Slot| slot.next_expiry.is_some_and(|t| t <= now);
         for index in 0..self.slots.len() {
             let Some(Some(slot)) = self.slots.get_mut(index) else { continue };
+            slot.release_due(now);
+            if due(slot) {
+                self.expire_slot(index, now);
+            }
+            // An aggregate closes at its deadline unless it is held back behind an earlier
+            // record of its keys (then it keeps filling until that one is answered); one that
+            // grew while held back closes as soon as it is free; any closes when its records
+            // are about to expire.
+            let Some(Some(slot)) = self.slots.get_mut(index) else { continue };
             if let Some(oldest) = slot.aggregator.oldest_arrival()
-                && (force || after(oldest, self.s.max_buffered_time) <= now)
+                && (force
+                    || after(oldest, self.s.ttl) <= now
+                    || ((slot.aggregator.grown() || after(oldest, self.s.max_buffered_time) <= now)
+                        && !slot.open_aggregate_held_back()))
                 && let Some(built) = slot.aggregator.flush(&self.s)
             {
-                queue_built(slot, built, &mut self.next_seq, index, version, &self.s);
-            }
-            slot.release_due(now);
-            if slot.next_expiry.is_some_and(|t| t <= now) {
-                self.expire_slot(index, now);
+                queue_built(slot, built, index, version, &self.s);
+                if due(slot) {
+                    self.expire_slot(index, now);
+                }
             }
         }
         self.collect_idle_slots();
@@ -355,12 +392,12 @@ impl Pipeline {
         }
         let ttl = self.s.ttl;
         let mut record = record;
-        let (seq, slot, attempts, retry_at, failed_at) =
-            (record.seq, record.slot, record.attempts, record.retry_at, record.failed_at);
+        let (slot, attempts, retry_at, failed_at, may_be_stored) =
+            (record.slot, record.attempts, record.retry_at, record.failed_at, record.may_be_stored);
         let last_error = record.last_error.take();
         let (expired, live): (Vec<_>, Vec<_>) =
             record.take_users().into_iter().partition(|u| after(u.arrival, ttl) <= now);
-        let error = ProduceError::Expired { attempts, last_error: last_error.clone() };
+        let error = ProduceError::Expired { attempts, last_error: last_error.clone(), may_be_stored };
         self.fail_users(slot, expired, &error);
         if live.is_empty() {
             return Vec::new();
@@ -369,11 +406,12 @@ impl Pipeline {
         pack(live, &self.s)
             .into_iter()
             .map(|built| {
-                let mut record = KinesisRecord::new(built, seq, slot, version, &self.s);
+                let mut record = KinesisRecord::new(built, slot, version, &self.s);
                 record.attempts = attempts;
                 record.last_error = last_error.clone();
                 record.retry_at = retry_at;
                 record.failed_at = failed_at;
+                record.may_be_stored = may_be_stored;
                 record
             })
             .collect()
@@ -382,13 +420,16 @@ impl Pipeline {
     // ----- 3. collect and send ------------------------------------------------------------
 
     fn send_ready(&mut self, now: Instant) {
-        if self.s.strict && !self.parked.is_empty() {
-            // Strict ordering: nothing may overtake records whose fate awaits the shard map.
+        if self.s.ordering != RecordOrder::Unordered && !self.parked.is_empty() {
+            // Nothing may overtake records whose fate awaits the shard map.
             return;
         }
         let force = self.force();
-        while self.requests.len() < self.s.max_in_flight {
-            let Some(batch) = self.collector.next_batch(&mut self.slots, &self.s, now, force) else { break };
+        while self.requests.len() < self.congestion.window() {
+            let max_bytes = self.congestion.request_bytes();
+            let Some(batch) = self.collector.next_batch(&mut self.slots, &self.s, now, force, max_bytes) else {
+                break;
+            };
             self.dispatch(batch, now);
         }
     }
@@ -400,7 +441,19 @@ impl Pipeline {
         let (mut user_records, mut bytes) = (0, 0);
         // The request's aggregates get their digests together: several times faster than one by
         // one, and the largest single cost of producing.
-        KinesisRecord::seal_all(&mut batch.records);
+        // Digests run eight side by side: when the request has fewer aggregates than that (a
+        // request of ordered records often carries one per shard), aggregates waiting in the
+        // ready queues get theirs in the same pass; they need it before they are sent anyway.
+        let unsealed = batch.records.iter().filter(|r| r.is_unsealed()).count();
+        let spare = SEAL_LANES.saturating_sub(unsealed);
+        let waiting = self
+            .slots
+            .iter_mut()
+            .flatten()
+            .flat_map(|slot| slot.ready.iter_mut())
+            .filter(|r| r.is_unsealed())
+            .take(if unsealed == 0 { 0 } else { spare });
+        KinesisRecord::seal_all(batch.records.iter_mut().chain(waiting));
         for record in &mut batch.records {
             // BufferingTime, as the KPL: arrival to first send, and between attempts.
             if let Some(Some(slot)) = self.slots.get(record.slot) {
@@ -421,13 +474,13 @@ impl Pipeline {
             bytes += record.billed_size();
             entries.push(record.entry());
         }
+        let sent = self.congestion.send(bytes);
         let request = Request { id, entries, user_records, bytes };
-        let task =
-            self.tasks.spawn(sender::send(self.client.clone(), self.stream.clone(), request, self.s.request_timeout));
+        let task = self.tasks.spawn(sender::send(self.client.clone(), self.stream.clone(), request, sent.timeout));
         self.task_requests.insert(task.id(), id);
         self.metrics.kinesis_records_per_request.record(batch.records.len() as f64);
         self.metrics.user_records_per_request.record(user_records as f64);
-        self.requests.insert(id, InFlight { records: batch.records, slots: batch.slots });
+        self.requests.insert(id, InFlight { records: batch.records, slots: batch.slots, sent });
     }
 
     // ----- results ------------------------------------------------------------------------
@@ -459,8 +512,22 @@ impl Pipeline {
         }
         Counters::add(&self.shared.counters.put_requests, 1);
         self.metrics.request_time.record(outcome.elapsed.as_secs_f64() * 1000.0);
+        match &outcome.result {
+            Err(KinesisError::Timeout { .. }) => self.congestion.timed_out(in_flight.sent),
+            // An answer, whatever it says, measures the endpoint's latency.
+            Ok(_) | Err(KinesisError::Throttled { .. } | KinesisError::InternalFailure { .. }) => {
+                self.congestion.answered(in_flight.sent, outcome.elapsed)
+            }
+            Err(_) => {}
+        }
 
         let count = in_flight.records.len();
+        // A request that failed as a whole may still have stored its records, unless the
+        // service said it refused them; so may one whose answer does not add up.
+        let ambiguous = match &outcome.result {
+            Ok(output) => output.records.len() != count,
+            Err(error) => error.may_have_taken_effect(),
+        };
         let results: Vec<Result<RecordPlacement, Arc<KinesisError>>> = match outcome.result {
             Ok(output) if output.records.len() == count => {
                 output.records.into_iter().map(|r| r.map_err(Arc::new)).collect()
@@ -476,7 +543,11 @@ impl Pipeline {
 
         // Per shard: was anything throttled, did anything succeed (for the limiter).
         let mut feedback: Vec<(usize, bool, bool)> = Vec::with_capacity(in_flight.slots.len());
-        for (record, result) in in_flight.records.into_iter().zip(results) {
+        for (mut record, result) in in_flight.records.into_iter().zip(results) {
+            if let Some(Some(slot)) = self.slots.get_mut(record.slot) {
+                slot.returned(&record);
+            }
+            record.may_be_stored |= ambiguous;
             let (throttled, stored) = match &result {
                 Ok(_) => (false, true),
                 Err(error) => (error.is_throttling(), false),
@@ -545,11 +616,12 @@ impl Pipeline {
         Counters::add(&self.shared.counters.retries, record.users().len() as u64);
         let users = record.take_users();
         let requeue = Requeue {
-            seq: record.seq,
             attempts: record.attempts,
             last_error: record.last_error.take(),
             retry_at: None,
             failed_at: None,
+            // It is in the stream, on a shard that does not own all its keys.
+            may_be_stored: true,
         };
         self.reroute(users, requeue);
     }
@@ -604,16 +676,16 @@ impl Pipeline {
         }
         record.last_error = Some(error.clone());
         record.failed_at = Some(now);
-        let attempts = record.attempts;
+        let (attempts, may_be_stored) = (record.attempts, record.may_be_stored);
         match classify(&error, self.s.fail_if_throttled) {
             Disposition::Reject => {
                 tracing::debug!(stream = %self.stream, %error, "records refused by Kinesis; not retried");
                 let users = record.take_users();
-                self.fail_users(record.slot, users, &ProduceError::Rejected { attempts, error });
+                self.fail_users(record.slot, users, &ProduceError::Rejected { attempts, error, may_be_stored });
             }
             Disposition::FailThrottled => {
                 let users = record.take_users();
-                self.fail_users(record.slot, users, &ProduceError::Throttled { attempts, error });
+                self.fail_users(record.slot, users, &ProduceError::Throttled { attempts, error, may_be_stored });
             }
             Disposition::Retry { .. } => self.retry_later(record, now),
         }
@@ -639,11 +711,11 @@ impl Pipeline {
                     // The shard map changed under the record: split it by the new shards.
                     let mut record = record;
                     let requeue = Requeue {
-                        seq: record.seq,
                         attempts: record.attempts,
                         last_error: record.last_error.take(),
                         retry_at: Some(retry_at),
                         failed_at: record.failed_at,
+                        may_be_stored: record.may_be_stored,
                     };
                     self.reroute(record.take_users(), requeue);
                 }
@@ -665,10 +737,11 @@ impl Pipeline {
         let version = self.map.version();
         for (index, group) in groups {
             for built in pack(group, &self.s) {
-                let mut record = KinesisRecord::new(built, requeue.seq, index, version, &self.s);
+                let mut record = KinesisRecord::new(built, index, version, &self.s);
                 record.attempts = requeue.attempts;
                 record.last_error = requeue.last_error.clone();
                 record.failed_at = requeue.failed_at;
+                record.may_be_stored = requeue.may_be_stored;
                 match self.slots.get_mut(index) {
                     Some(Some(slot)) => match requeue.retry_at {
                         Some(at) => {
@@ -679,8 +752,11 @@ impl Pipeline {
                     },
                     _ => {
                         // Unreachable: routes point at live slots.
-                        let error =
-                            ProduceError::Expired { attempts: record.attempts, last_error: record.last_error.take() };
+                        let error = ProduceError::Expired {
+                            attempts: record.attempts,
+                            last_error: record.last_error.take(),
+                            may_be_stored: record.may_be_stored,
+                        };
                         let users = record.take_users();
                         self.fail_users(index, users, &error);
                     }
@@ -771,11 +847,11 @@ impl Pipeline {
                 ready.into_iter().map(|r| (r, false)).chain(backoff.into_iter().map(|r| (r, true)))
             {
                 let requeue = Requeue {
-                    seq: record.seq,
                     attempts: record.attempts,
                     last_error: record.last_error.take(),
                     retry_at: waits.then_some(record.retry_at),
                     failed_at: record.failed_at,
+                    may_be_stored: record.may_be_stored,
                 };
                 orphans.push((record.take_users(), requeue));
             }
@@ -787,10 +863,9 @@ impl Pipeline {
             self.reroute(users, requeue);
         }
         if !fresh.is_empty() {
-            // Not yet sent: ready at once, as newer records than any queued ones.
+            // Not yet sent: ready at once, at their place by take-in order.
             let requeue =
-                Requeue { seq: self.next_seq, attempts: 0, last_error: None, retry_at: None, failed_at: None };
-            self.next_seq += 1;
+                Requeue { attempts: 0, last_error: None, retry_at: None, failed_at: None, may_be_stored: false };
             self.reroute(fresh, requeue);
         }
     }
@@ -816,19 +891,35 @@ impl Pipeline {
         }
     }
 
-    /// A parked aggregate whose TTL passed before a map could judge it is reported delivered:
-    /// it was stored.
+    /// A parked aggregate whose TTL passed before a map could judge it fails its records with
+    /// [`ProduceError::Expired`], saying they may be stored: they are in the stream, but on a
+    /// shard that may not own their keys, where a consumer filtering by hash range (every KCL)
+    /// drops them. Reporting them delivered could be a lie; re-sending them past their TTL
+    /// would break it.
     fn expire_parked(&mut self, now: Instant) {
         if self.parked.iter().all(|p| p.record.expires > now) {
             return;
         }
         let parked = std::mem::take(&mut self.parked);
         for entry in parked {
-            if entry.record.expires <= now {
-                self.deliver(entry.record, &entry.placement);
-            } else {
+            if entry.record.expires > now {
                 self.parked.push(entry);
+                continue;
             }
+            let mut record = entry.record;
+            tracing::debug!(
+                stream = %self.stream,
+                shard = %entry.placement.shard_id,
+                users = record.users().len(),
+                "an aggregate stored on a shard the producer's map does not know expired before a map could judge it"
+            );
+            let error = ProduceError::Expired {
+                attempts: record.attempts,
+                last_error: record.last_error.take(),
+                may_be_stored: true,
+            };
+            let users = record.take_users();
+            self.fail_users(record.slot, users, &error);
         }
     }
 
@@ -838,6 +929,7 @@ impl Pipeline {
             shard.parents.clone(),
             Limiter::new(self.s.rate_limit, self.s.adaptive, now),
             ShardMetrics::new(self.stream.name(), shard.id.as_str()),
+            self.s.ordering != RecordOrder::Unordered,
         );
         let index = match self.free_slots.pop() {
             Some(index) => {
@@ -960,6 +1052,7 @@ impl Pipeline {
         for slot in self.slots.iter().flatten() {
             if let Some(oldest) = slot.aggregator.oldest_arrival() {
                 consider(after(oldest, self.s.max_buffered_time));
+                consider(after(oldest, self.s.ttl));
             }
             if let Some(front) = slot.ready.front() {
                 consider(front.deadline);
@@ -981,6 +1074,32 @@ impl Pipeline {
             consider(parked.record.expires);
         }
         wake
+    }
+}
+
+/// Closes the producer when the pipeline task ends, whatever ends it — a panic included — and
+/// fails the records still in the inbox with [`ProduceError::Aborted`], each handed back: no
+/// future waits forever, and `send` fails at once with `SendError::Closed` instead of waiting for
+/// buffer space nobody will free. (The records the pipeline held are failed the same way as its
+/// state is dropped.)
+struct Stopped {
+    shared: Arc<Shared>,
+    /// Whether the pipeline finished its work (else it panicked, or its runtime dropped it).
+    finished: bool,
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        self.shared.close();
+        let stranded = std::mem::take(&mut self.shared.lock_inbox().records);
+        if !self.finished {
+            tracing::error!(
+                inbox = stranded.len(),
+                "the producer's task stopped before its work was done (a panic, or its runtime shut down); every \
+                 record it had not finished fails with Aborted"
+            );
+        }
+        drop(stranded);
     }
 }
 

@@ -203,6 +203,9 @@ pub(crate) struct Pending {
     pub charge: u32,
     /// Flush epoch the record was accepted in.
     pub epoch: u64,
+    /// Its place in the order the pipeline took records in: Kinesis records are queued by
+    /// their first record's place, so a retried or re-packed one goes before newer ones.
+    pub order: u64,
     /// Where its data lies in the encoded aggregate that carries it (offset, length), while
     /// `record.data` is empty: see [`KinesisRecord`](crate::aggregator::KinesisRecord).
     span: Option<(u32, u32)>,
@@ -221,6 +224,7 @@ impl Pending {
             arrival: placeholder,
             charge,
             epoch: 0,
+            order: 0,
             span: None,
             key_span: None,
             cell: Some(cell),

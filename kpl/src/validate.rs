@@ -7,11 +7,13 @@ use kinesis_core::{HashKey, StreamLimits, ValidationError};
 
 use crate::completion::CELL_BYTES;
 use crate::record::{Pending, UserRecord};
+use crate::slot::ORDER_KEY_BYTES;
 
 /// Bytes each accepted record counts against
 /// [`max_buffered_bytes`](crate::ProducerConfig::max_buffered_bytes) on top of its keys and data:
-/// the producer's bookkeeping of it and the channel its outcome travels on.
-pub const RECORD_OVERHEAD_BYTES: usize = std::mem::size_of::<Pending>() + CELL_BYTES;
+/// the producer's bookkeeping of it, the channel its outcome travels on, and what per-key
+/// ordering notes of its key.
+pub const RECORD_OVERHEAD_BYTES: usize = std::mem::size_of::<Pending>() + CELL_BYTES + ORDER_KEY_BYTES;
 
 /// A record that passed validation: its hash key and the bytes it holds of the buffer bound.
 #[derive(Clone, Copy, Debug)]

@@ -1,7 +1,7 @@
 //! On the in-memory broker with its throughput limits on, failed entries, slow calls (some past
 //! the request timeout), forced throttling and a shard split mid-run: every accepted record is
 //! delivered or fails with its reason, none is lost, none is duplicated beyond its retries, and
-//! in strict mode each partition key's records are stored in send order. Everything is checked
+//! each partition key's records are stored in send order (the default). Everything is checked
 //! by reading the stream back and de-aggregating it with `kinesis_core::aggregation`.
 
 mod common;
@@ -155,9 +155,9 @@ async fn every_record_is_delivered_or_fails_with_its_reason() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn strict_ordering_keeps_each_keys_send_order() {
+async fn each_keys_send_order_is_kept_by_default() {
     let per_key = 120;
-    let run = run(config().strict_ordering(true), per_key).await;
+    let run = run(config(), per_key).await;
     check_accounting(&run, KEYS * per_key).await;
 
     // What a consumer that filters by hash range (the KCL) sees, parents before children:

@@ -65,9 +65,10 @@ async fn a_record_past_its_ttl_expires_and_is_handed_back() {
     let (error, record) = future.await.expect_err("throttled until its TTL");
     let waited = start.elapsed();
     match &error {
-        ProduceError::Expired { attempts, last_error: Some(last) } => {
+        ProduceError::Expired { attempts, last_error: Some(last), may_be_stored } => {
             assert!(*attempts >= 2, "retried before expiring: {attempts}");
             assert!(last.is_throttling(), "the last error is kept: {last}");
+            assert!(!may_be_stored, "every attempt was refused outright");
         }
         other => panic!("expected Expired with the last error, got {other:?}"),
     }

@@ -1,4 +1,4 @@
-//! The seeded fault campaign: a `kpl` producer (strict ordering) writes to the in-memory broker
+//! The seeded fault campaign: a `kpl` producer (default per-key ordering) writes to the in-memory broker
 //! (the service's limits on) while three `kcl` workers on shared in-memory stores consume, on paused
 //! tokio time. Each seed draws a schedule of broker faults (failed calls and entries, throttling,
 //! latency, `ListShards` failures), store faults (latency, hangs, lost replies, throttling; each on
@@ -38,7 +38,7 @@ use kcl::store::memory::{MemoryCoordinatorStore, MemoryLeaseStore, MemoryWorkerM
 use kcl::{CpuMetrics, InitialPosition, ProcessorError, Scheduler, SchedulerConfig, SchedulerHandle, ShardPhase};
 use kinesis_core::broker::{BrokerConfig, FaultRule, Operation};
 use kinesis_core::{CreateStreamRequest, ExtendedSequenceNumber, Kinesis, MemoryBroker, ShardId, StreamRef};
-use kpl::{Producer, ProducerConfig, UserRecord};
+use kpl::{Producer, UserRecord};
 use tokio::time::{Instant, sleep, sleep_until};
 
 const WORKERS: usize = 3;
@@ -596,7 +596,6 @@ async fn run_seed(seed: u64) -> Result<Report, String> {
         run.start_worker(i);
     }
     let producer = Producer::builder(run.broker.clone(), run.stream.clone())
-        .config(ProducerConfig::default().strict_ordering(true))
         .build()
         .await
         .map_err(|e| format!("producer: {e}"))?;

@@ -1,5 +1,5 @@
 //! The end-to-end run in one process on the in-memory broker, on paused tokio time: a `kpl`
-//! producer (strict ordering) writes to a 4-shard stream with the service's throttling on;
+//! producer (default per-key ordering) writes to a 4-shard stream with the service's throttling on;
 //! three `kcl` workers share it through in-memory stores; midway a shard splits and a worker
 //! is killed (no graceful release). Afterwards every record is accounted for, order per key
 //! holds within each shard and across the lineage, duplicates come only from the failover,
@@ -11,7 +11,7 @@ use std::time::Duration;
 use kcl::store::memory::{MemoryCoordinatorStore, MemoryLeaseStore, MemoryWorkerMetricsStore};
 use kcl::{CpuMetrics, InitialPosition, Scheduler, SchedulerConfig, SchedulerHandle, ShardPhase};
 use kinesis_core::{CreateStreamRequest, Kinesis, MemoryBroker, ShardId, StreamRef};
-use kpl::{Producer, ProducerConfig, UserRecord};
+use kpl::{Producer, UserRecord};
 use tests::{Recorder, account, expected_round_robin, failover_ms};
 use tokio::time::Instant;
 
@@ -58,9 +58,7 @@ async fn produce_split_kill_and_account_for_every_record() {
         .collect();
 
     // 30,000 records at 1,000 records/s of simulated time, 300 keys round-robin.
-    let producer =
-        Producer::builder(broker.clone(), stream.clone()).config(ProducerConfig::default().strict_ordering(true));
-    let producer = Arc::new(producer.build().await.expect("producer"));
+    let producer = Arc::new(Producer::builder(broker.clone(), stream.clone()).build().await.expect("producer"));
     let sender = {
         let producer = producer.clone();
         tokio::spawn(async move {

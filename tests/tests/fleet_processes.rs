@@ -83,7 +83,7 @@ async fn produce_to_three_consume_processes_with_a_split_and_a_sigkill() {
         (0..3).map(|i| start_consumer(&consume_bin, &dir, &name, &name, &kinesis_endpoint, &ddb_endpoint, i)).collect();
     let producer_log = dir.join("produce.log");
     let producer = Command::new(&produce_bin)
-        .args(["--stream", &name, "--endpoint", &kinesis_endpoint, "--strict-order"])
+        .args(["--stream", &name, "--endpoint", &kinesis_endpoint])
         .args(["--records", &RECORDS.to_string(), "--keys", &KEYS.to_string(), "--rate", &RATE.to_string()])
         .args(["--size", "120"])
         .stdout(Stdio::piped())

@@ -60,9 +60,6 @@ async fn produce_then_read_with_python(aggregation: bool) {
     const RECORDS: u64 = 3000;
     let mut produce = Command::new(example_binary("produce"));
     produce.args(["--stream", &stream, "--endpoint", &endpoint, "--records", &RECORDS.to_string(), "--keys", "40"]);
-    // Strict ordering, so the consumer's per-key order check holds: with several requests in
-    // flight per shard (the default), two of them can be stored either way round.
-    produce.arg("--strict-order");
     if !aggregation {
         produce.arg("--no-aggregation");
     }

@@ -4,7 +4,7 @@
 //! many aggregates side by side.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
+use std::hash::{BuildHasher, BuildHasherDefault, RandomState};
 use std::ops::Range;
 
 use bytes::Bytes;
@@ -12,6 +12,7 @@ use md5::{Digest, Md5};
 
 use super::digest::md5_each;
 use super::{DIGEST_LEN, MAGIC, Tag, field_len, varint_len};
+use crate::hash_key::PassThroughHasher;
 
 // Tag bytes: (field number << 3) | wire type.
 const PARTITION_KEY_TABLE: u8 = 0x0A; // AggregatedRecord.partition_key_table = 1, len
@@ -185,6 +186,17 @@ impl AggregateBuilder {
             return Err(data);
         }
         Ok(self.commit(plan, partition_key, explicit_hash_key, bytes, tags))
+    }
+
+    /// Number of distinct partition keys in the aggregate's table: a caller that notes it before
+    /// and after an add learns whether the record brought a new key.
+    pub fn partition_key_count(&self) -> usize {
+        self.partition_keys.spans.len()
+    }
+
+    /// Number of distinct explicit hash keys in the aggregate's table.
+    pub fn explicit_hash_key_count(&self) -> usize {
+        self.explicit_hash_keys.spans.len()
     }
 
     /// Where the partition key of the record added last lies in the encoded aggregate (its
@@ -578,25 +590,5 @@ impl Default for AggregateBuilder {
             records: Vec::new(),
             data_spans: Vec::new(),
         }
-    }
-}
-
-/// Hasher for keys that are already hashes.
-#[derive(Default)]
-struct PassThroughHasher(u64);
-
-impl Hasher for PassThroughHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &byte in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
-        }
-    }
-
-    fn write_u64(&mut self, value: u64) {
-        self.0 = value;
     }
 }

@@ -41,6 +41,8 @@ pub struct FaultRule {
     operation: Operation,
     shard: Option<ShardId>,
     latency: Option<Duration>,
+    latency_per_mib: Option<Duration>,
+    jitter: Option<Duration>,
     fail_calls: Option<(String, f64)>,
     fail_entries: Option<f64>,
     throttle: Option<f64>,
@@ -54,6 +56,8 @@ impl FaultRule {
             operation,
             shard: None,
             latency: None,
+            latency_per_mib: None,
+            jitter: None,
             fail_calls: None,
             fail_entries: None,
             throttle: None,
@@ -70,6 +74,20 @@ impl FaultRule {
     /// Adds `latency` before the call is served.
     pub fn latency(mut self, latency: Duration) -> Self {
         self.latency = Some(latency);
+        self
+    }
+
+    /// Adds `per_mib` of latency for every MiB of the request (`PutRecords` and `PutRecord` data
+    /// and partition keys): an endpoint that takes longer the larger the request.
+    pub fn latency_per_mib(mut self, per_mib: Duration) -> Self {
+        self.latency_per_mib = Some(per_mib);
+        self
+    }
+
+    /// Adds a random latency between zero and `max` to every call it hits (seeded), so calls made
+    /// together can finish in any order.
+    pub fn jitter(mut self, max: Duration) -> Self {
+        self.jitter = Some(max);
         self
     }
 
@@ -152,8 +170,9 @@ impl FaultInjector {
             || (probability > 0.0 && self.rng.lock().unwrap_or_else(|e| e.into_inner()).f64() < probability)
     }
 
-    /// Extra latency and an optional whole-call failure code for one call.
-    pub(crate) fn on_call(&self, operation: Operation) -> (Duration, Option<String>) {
+    /// Extra latency and an optional whole-call failure code for one call carrying
+    /// `request_bytes`.
+    pub(crate) fn on_call(&self, operation: Operation, request_bytes: usize) -> (Duration, Option<String>) {
         let mut rules = self.lock_rules();
         if rules.is_empty() {
             return (Duration::ZERO, None);
@@ -164,6 +183,15 @@ impl FaultInjector {
             let mut fired = false;
             if let Some(l) = rule.latency {
                 latency += l;
+                fired = true;
+            }
+            if let Some(per_mib) = rule.latency_per_mib {
+                latency += per_mib.mul_f64(request_bytes as f64 / (1024.0 * 1024.0));
+                fired = true;
+            }
+            if let Some(max) = rule.jitter {
+                let share = self.rng.lock().unwrap_or_else(|e| e.into_inner()).f64();
+                latency += max.mul_f64(share);
                 fired = true;
             }
             if let Some((code, p)) = &rule.fail_calls

@@ -306,9 +306,35 @@ impl MemoryBroker {
         f(s, now)
     }
 
+    /// Stores a `PutRecords` request's entries (after any injected latency).
+    fn store_records(&self, stream: &StreamRef, entries: &[PutRecordsEntry]) -> Result<PutRecordsOutput, KinesisError> {
+        let (records, notifies) = self.with_stream(stream, |s, now| {
+            let shapes: Vec<(&str, usize)> = entries.iter().map(|e| (e.partition_key.as_str(), e.data.len())).collect();
+            self.validate_entries(&s.limits(), &shapes)?;
+            let mut touched = Vec::new();
+            let records: Vec<_> = entries
+                .iter()
+                .map(|e| {
+                    let input = WriteInput {
+                        partition_key: &e.partition_key,
+                        explicit_hash_key: e.explicit_hash_key,
+                        data: &e.data,
+                    };
+                    self.write_one(s, Operation::PutRecords, input, now, &mut touched)
+                })
+                .collect();
+            let notifies: Vec<_> = touched.iter().map(|&i| s.shards[i].notify.clone()).collect();
+            Ok((records, notifies))
+        })?;
+        for notify in notifies {
+            notify.notify_waiters();
+        }
+        Ok(PutRecordsOutput { records })
+    }
+
     /// Applies injected latency and call failures for one call.
     async fn inject(&self, operation: Operation) -> Result<(), KinesisError> {
-        let (latency, failure) = self.inner.faults.on_call(operation);
+        let (latency, failure) = self.inner.faults.on_call(operation, 0);
         if !latency.is_zero() {
             tokio::time::sleep(latency).await;
         }
@@ -730,29 +756,26 @@ impl Kinesis for MemoryBroker {
         stream: &StreamRef,
         entries: Vec<PutRecordsEntry>,
     ) -> Result<PutRecordsOutput, KinesisError> {
-        self.inject(Operation::PutRecords).await?;
-        let (records, notifies) = self.with_stream(stream, |s, now| {
-            let shapes: Vec<(&str, usize)> = entries.iter().map(|e| (e.partition_key.as_str(), e.data.len())).collect();
-            self.validate_entries(&s.limits(), &shapes)?;
-            let mut touched = Vec::new();
-            let records: Vec<_> = entries
-                .iter()
-                .map(|e| {
-                    let input = WriteInput {
-                        partition_key: &e.partition_key,
-                        explicit_hash_key: e.explicit_hash_key,
-                        data: &e.data,
-                    };
-                    self.write_one(s, Operation::PutRecords, input, now, &mut touched)
-                })
-                .collect();
-            let notifies: Vec<_> = touched.iter().map(|&i| s.shards[i].notify.clone()).collect();
-            Ok((records, notifies))
-        })?;
-        for notify in notifies {
-            notify.notify_waiters();
+        let bytes = entries.iter().map(|e| e.partition_key.len() + e.data.len()).sum();
+        let (latency, failure) = self.inner.faults.on_call(Operation::PutRecords, bytes);
+        if let Some(code) = failure {
+            tokio::time::sleep(latency).await;
+            return Err(KinesisError::from_code(&code, format!("Injected fault: {code}")));
         }
-        Ok(PutRecordsOutput { records })
+        if latency.is_zero() {
+            return self.store_records(stream, &entries);
+        }
+        // A slow service still stores a request whose caller stopped waiting for the answer (a
+        // client time-out): the write lands after the latency whatever the caller does.
+        let broker = self.clone();
+        let stream = stream.clone();
+        let write = tokio::spawn(async move {
+            tokio::time::sleep(latency).await;
+            broker.store_records(&stream, &entries)
+        });
+        write.await.unwrap_or_else(|e| {
+            Err(KinesisError::InternalFailure { message: format!("the broker's write task failed: {e}") })
+        })
     }
 
     async fn get_shard_iterator(

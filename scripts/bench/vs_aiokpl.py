@@ -1,0 +1,146 @@
+"""Runs our `produce` example and aiokpl's equivalent (aiokpl_produce.py) against one Kinesis
+endpoint, alternating, ROUNDS times each, each run into a fresh stream of SHARDS shards; reads
+every stream back (boto3 + aws_kinesis_agg, parents first) and prints, per run and as a
+markdown table: delivered, expired, failed, records stored twice or more, retries, per-key order
+inversions among first copies, records per second and CPU seconds per million records (the
+producer process's user + system time, from wait4). `--busy N` keeps N CPU-burning processes
+running during each run, as on a busy machine. Used by scripts/bench-vs-aiokpl.sh.
+"""
+
+import argparse
+import base64
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+
+import boto3
+from aws_kinesis_agg.deaggregator import deaggregate_records
+
+
+def client(endpoint):
+    return boto3.client("kinesis", endpoint_url=endpoint, region_name="us-east-1",
+                        aws_access_key_id="test", aws_secret_access_key="test", verify=False)
+
+
+def create(kinesis, stream, shards):
+    kinesis.create_stream(StreamName=stream, ShardCount=shards)
+    for _ in range(600):
+        if kinesis.describe_stream_summary(StreamName=stream)["StreamDescriptionSummary"]["StreamStatus"] == "ACTIVE":
+            return
+        time.sleep(0.1)
+    raise SystemExit(f"bench: stream {stream} did not become active")
+
+
+def read_back(kinesis, stream):
+    """(unique, stored twice or more, inversions among first copies) over every shard."""
+    copies = {}
+    last = {}
+    inversions = 0
+    for shard in kinesis.list_shards(StreamName=stream)["Shards"]:
+        it = kinesis.get_shard_iterator(StreamName=stream, ShardId=shard["ShardId"],
+                                        ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+        while it:
+            out = kinesis.get_records(ShardIterator=it, Limit=10000)
+            for record in out["Records"]:
+                event = {"kinesis": {"kinesisSchemaVersion": "1.0", "partitionKey": record["PartitionKey"],
+                                     "sequenceNumber": record["SequenceNumber"],
+                                     "data": base64.b64encode(record["Data"]).decode(),
+                                     "approximateArrivalTimestamp": record["ApproximateArrivalTimestamp"].timestamp()}}
+                for user in deaggregate_records([event]):
+                    parts = base64.b64decode(user["kinesis"]["data"]).split(b" ", 2)
+                    try:
+                        key, n = parts[0].decode(), int(parts[1])
+                    except (IndexError, ValueError, UnicodeDecodeError):
+                        continue
+                    seen = copies.get((key, n), 0)
+                    copies[(key, n)] = seen + 1
+                    if seen == 0:
+                        if key in last and n < last[key]:
+                            inversions += 1
+                        last[key] = max(n, last.get(key, n))
+            if not out["Records"]:
+                break
+            it = out.get("NextShardIterator")
+    duplicates = sum(1 for c in copies.values() if c > 1)
+    return len(copies), duplicates, inversions
+
+
+def run(command):
+    """Runs a producer; returns (its last stdout line as JSON, CPU seconds, wall seconds)."""
+    started = time.monotonic()
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    output = child.stdout.read()
+    _, status, usage = os.wait4(child.pid, 0)
+    wall = time.monotonic() - started
+    lines = [line for line in output.decode(errors="replace").splitlines() if line.startswith("{")]
+    if not lines:
+        raise SystemExit(f"bench: {command[0]} printed no summary (exit status {status})")
+    return json.loads(lines[-1]), usage.ru_utime + usage.ru_stime, wall
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--endpoint", default=os.environ.get("KINESIS_MOCK_ENDPOINT"),
+                   help="the Kinesis endpoint (default: $KINESIS_MOCK_ENDPOINT, set by scripts/test.sh)")
+    p.add_argument("--produce", required=True, help="our produce binary")
+    p.add_argument("--aiokpl-python", required=True, help="a python with aiokpl installed")
+    p.add_argument("--records", type=int, default=200_000)
+    p.add_argument("--size", type=int, default=100)
+    p.add_argument("--keys", type=int, default=1000)
+    p.add_argument("--shards", type=int, default=4)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--ours-args", default="", help="extra flags for produce, e.g. --ours-args=--unordered")
+    p.add_argument("--busy", type=int, default=0,
+                   help="keep this many CPU-burning processes running during each run (a busy machine)")
+    args = p.parse_args()
+    if not args.endpoint:
+        raise SystemExit("bench: no --endpoint and no KINESIS_MOCK_ENDPOINT")
+    here = os.path.dirname(os.path.abspath(__file__))
+    kinesis = client(args.endpoint)
+    workload = ["--records", str(args.records), "--size", str(args.size), "--keys", str(args.keys)]
+    rows = []
+    for round_ in range(1, args.rounds + 1):
+        tools = ["ours", "aiokpl"] if round_ % 2 else ["aiokpl", "ours"]
+        for tool in tools:
+            stream = f"bench-{tool}-{round_}-{uuid.uuid4().hex[:8]}"
+            create(kinesis, stream, args.shards)
+            if tool == "ours":
+                command = [args.produce, "--stream", stream, "--endpoint", args.endpoint, *workload,
+                           *args.ours_args.split()]
+            else:
+                command = [args.aiokpl_python, os.path.join(here, "aiokpl_produce.py"), "--stream", stream,
+                           "--endpoint", args.endpoint, *workload]
+            burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
+            try:
+                summary, cpu, wall = run(command)
+            finally:
+                for burner in burners:
+                    burner.kill()
+                    burner.wait()
+            unique, duplicates, inversions = read_back(kinesis, stream)
+            row = {
+                "round": round_, "producer": tool,
+                "delivered": summary.get("delivered", 0), "expired": summary.get("expired", 0),
+                "failed": summary.get("failed", 0), "stored": unique, "duplicates": duplicates,
+                "retries": summary.get("retries", 0), "inversions": inversions,
+                "records_per_s": round(summary.get("delivered", 0) / max(wall, 1e-9)),
+                "cpu_s_per_million": round(cpu / max(args.records, 1) * 1e6, 1),
+            }
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            kinesis.delete_stream(StreamName=stream, EnforceConsumerDeletion=True)
+    columns = ["round", "producer", "delivered", "expired", "failed", "stored", "duplicates", "retries",
+               "inversions", "records_per_s", "cpu_s_per_million"]
+    print()
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
+    for row in rows:
+        print("| " + " | ".join(f"{row[c]:,}" if isinstance(row[c], int) else str(row[c]) for c in columns) + " |")
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
