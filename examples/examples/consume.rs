@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release --example consume -- --stream S --app A [--endpoint URL] [--ddb-endpoint URL]
-//!     [--worker-id W] [--expect N] [--idle-exit SECS] [--efo] [--out FILE]
+//!     [--worker-id W] [--expect N] [--idle-exit SECS] [--efo] [--no-cpu-metrics] [--out FILE]
 //! ```
 //!
 //! Leases live in DynamoDB (through `kcl-ddb-store`, tables named after the application) when
@@ -28,10 +28,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use examples::{Flags, exit, kinesis_client, parse_payload, startup_failure, usage_failure};
 use kcl::processor::{ProcessRecordsInput, ShardEndedInput, ShardRecordProcessor, ShutdownRequestedInput};
-use kcl::{InitialPosition, RetrievalMode, Scheduler, StoreError};
+use kcl::{CpuMetrics, InitialPosition, RetrievalMode, Scheduler, SchedulerConfig, StoreError};
 use kinesis_core::{Kinesis, ShardId, StreamRef};
 
-const USAGE: &str = "consume --stream S --app A [--endpoint URL] [--ddb-endpoint URL] [--worker-id W] [--expect N] [--idle-exit SECS] [--efo] [--out FILE]";
+const USAGE: &str = "consume --stream S --app A [--endpoint URL] [--ddb-endpoint URL] [--worker-id W] [--expect N] [--idle-exit SECS] [--efo] [--no-cpu-metrics] [--out FILE]";
 
 /// What this worker saw, shared by its shard processors.
 #[derive(Default)]
@@ -113,7 +113,7 @@ impl ShardRecordProcessor for Checker {
 async fn main() -> ExitCode {
     let flags = match Flags::parse(
         &["stream", "app", "endpoint", "ddb-endpoint", "worker-id", "expect", "idle-exit", "out", "region"],
-        &["efo"],
+        &["efo", "no-cpu-metrics"],
     ) {
         Ok(f) => f,
         Err(e) => return usage_failure("consume", USAGE, &e),
@@ -160,6 +160,9 @@ async fn main() -> ExitCode {
         .processor_factory(factory);
     if flags.has("efo") {
         builder = builder.retrieval(RetrievalMode::FanOut { consumer_name: None });
+    }
+    if flags.has("no-cpu-metrics") {
+        builder = builder.config(SchedulerConfig::default().with_cpu_metrics(CpuMetrics::Disabled));
     }
     let use_dynamodb = flags.get("ddb-endpoint").is_some() || flags.get("endpoint").is_none();
     builder = if use_dynamodb {

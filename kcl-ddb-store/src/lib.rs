@@ -1,5 +1,8 @@
-//! DynamoDB implementations of `kcl`'s three stores, with the Java KCL 3.x table layout, so an
-//! application moving from the Java KCL keeps its leases and checkpoints.
+//! DynamoDB implementations of `kcl`'s three stores, in the three-table layout of the Java KCL
+//! 3.0–3.4, so an application moving from the Java KCL keeps its leases and checkpoints, and a
+//! fleet can mix Java KCL workers and `kcl` workers while it moves (tested against the Java KCL
+//! 3.4.2 itself). The Java KCL 3.5's single-table layout for new applications (leader lock and
+//! worker metrics in the lease table) is not read.
 //!
 //! | store | table | key | notes |
 //! |---|---|---|---|

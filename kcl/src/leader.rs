@@ -48,7 +48,9 @@
 //! A worker may receive leases while its metrics row keeps changing: the leader records, per
 //! worker, the `last_update_secs` it last saw and when it first saw it; a row unchanged for three
 //! metrics periods (or a lease duration, if shorter), or absent, marks the worker dead for
-//! assignment. A leader of a starting fleet (the lock was free) trusts a row it sees for the first
+//! assignment. A worker that reports less often (a Java KCL worker writes its row every 30 s) gets
+//! two of its own report intervals, as its row's successive timestamps show them (at most
+//! 2 minutes each), so a mixed fleet's Java workers receive leases from our leader. A leader of a starting fleet (the lock was free) trusts a row it sees for the first
 //! time; after a takeover only rows it saw changing count (the standby scans watched them), since
 //! a row may be a dead worker's last report. The leader's own row always counts.
 //!
@@ -163,6 +165,9 @@ impl ExpiryTracker {
 const FIRST_EXCLUSION: Duration = Duration::from_secs(10);
 /// The longest exclusion.
 const MAX_EXCLUSION: Duration = Duration::from_secs(300);
+/// The longest report interval a row's own timestamps are believed to show: a broken or hostile
+/// row cannot keep a dead worker alive for longer than twice this.
+const MAX_REPORT_CADENCE: Duration = Duration::from_secs(120);
 
 /// Per worker: the metrics row's `last_update_secs` last seen and when it was first seen, and
 /// the workers excluded from receiving leases for letting one expire.
@@ -186,6 +191,10 @@ struct RowSeen {
     /// (so `since` is close to when the worker wrote it), not only after a gap in observation.
     watched_change: bool,
     last_seen: Instant,
+    /// The worker's report interval as its own timestamps show it (the last change's step, at
+    /// most [`MAX_REPORT_CADENCE`]); zero until a change was seen. Read off the writer's clock
+    /// only as a difference, so no clock agreement between hosts is needed.
+    cadence: Duration,
 }
 
 #[derive(Debug)]
@@ -211,12 +220,25 @@ impl WorkerLiveness {
             match self.seen.get_mut(&row.worker_id) {
                 Some(seen) if seen.secs == row.last_update_secs => seen.last_seen = now,
                 Some(seen) => {
-                    let watched_change = now.saturating_duration_since(seen.last_seen) < self.dead_after;
-                    *seen = RowSeen { secs: row.last_update_secs, since: now, watched_change, last_seen: now };
+                    let limit = Self::limit(self.dead_after, seen);
+                    let watched_change = now.saturating_duration_since(seen.last_seen) < limit;
+                    let step = Duration::from_secs(row.last_update_secs.saturating_sub(seen.secs));
+                    *seen = RowSeen {
+                        secs: row.last_update_secs,
+                        since: now,
+                        watched_change,
+                        last_seen: now,
+                        cadence: step.min(MAX_REPORT_CADENCE),
+                    };
                 }
                 None => {
-                    let row_seen =
-                        RowSeen { secs: row.last_update_secs, since: now, watched_change: false, last_seen: now };
+                    let row_seen = RowSeen {
+                        secs: row.last_update_secs,
+                        since: now,
+                        watched_change: false,
+                        last_seen: now,
+                        cadence: Duration::ZERO,
+                    };
                     self.seen.insert(row.worker_id.clone(), row_seen);
                 }
             }
@@ -252,8 +274,19 @@ impl WorkerLiveness {
         self.excluded.get(worker).is_none_or(|e| now >= e.until)
             && self.seen.get(worker).is_some_and(|seen| {
                 (seen.watched_change || self.trust_first_sightings)
-                    && now.saturating_duration_since(seen.since) < self.dead_after
+                    && now.saturating_duration_since(seen.since) < self.dead_after_for(seen)
             })
+    }
+
+    /// How long `seen`'s row may stay unchanged with its worker alive: the leader's own limit, or
+    /// two of the worker's report intervals if that is longer (a Java KCL worker reports every
+    /// 30 s, and the Java KCL's leader waits two intervals too).
+    fn dead_after_for(&self, seen: &RowSeen) -> Duration {
+        Self::limit(self.dead_after, seen)
+    }
+
+    fn limit(dead_after: Duration, seen: &RowSeen) -> Duration {
+        dead_after.max(seen.cadence * 2)
     }
 
     /// Rows seen unchanged for at least `age`.
@@ -720,6 +753,31 @@ mod tests {
         assert!(l.is_alive("w1", Instant::now()));
         assert!(!l.is_alive("w2", Instant::now()), "unchanged for a lease duration");
         assert!(!l.is_alive("w3", Instant::now()), "absent");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_worker_reporting_slowly_stays_alive_between_its_reports() {
+        // A Java KCL worker writes its row every 30 s (workerMetricsReporterFreqInMillis).
+        let row = |secs| WorkerMetrics {
+            worker_id: "java".into(),
+            last_update_secs: secs,
+            metric_stats: Default::default(),
+            operating_range: Default::default(),
+        };
+        let mut l = WorkerLiveness::new(Duration::from_secs(6));
+        l.trust_first_sightings(false);
+        l.observe_all(&[row(1_000)], Instant::now());
+        tokio::time::advance(Duration::from_secs(2)).await;
+        l.observe_all(&[row(1_030)], Instant::now());
+        tokio::time::advance(Duration::from_secs(29)).await;
+        l.observe_all(&[row(1_030)], Instant::now());
+        assert!(l.is_alive("java", Instant::now()), "29 s into a 30 s report interval");
+        tokio::time::advance(Duration::from_secs(31)).await;
+        assert!(!l.is_alive("java", Instant::now()), "two report intervals (60 s) missed");
+        // A row claiming a huge interval keeps a dead worker alive no longer than the cap.
+        l.observe_all(&[row(1_000_000)], Instant::now());
+        tokio::time::advance(MAX_REPORT_CADENCE * 2).await;
+        assert!(!l.is_alive("java", Instant::now()));
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,10 +1,16 @@
-"""Runs our `produce` example and aiokpl's equivalent (aiokpl_produce.py) against one Kinesis
+"""Runs our `produce` example and another producer with the same workload against one Kinesis
 endpoint, alternating, ROUNDS times each, each run into a fresh stream of SHARDS shards; reads
 every stream back (boto3 + aws_kinesis_agg, parents first) and prints, per run and as a
 markdown table: delivered, expired, failed, records stored twice or more, retries, per-key order
-inversions among first copies, records per second and CPU seconds per million records (the
-producer process's user + system time, from wait4). `--busy N` keeps N CPU-burning processes
-running during each run, as on a busy machine. Used by scripts/bench-vs-aiokpl.sh.
+inversions among first copies, records per second, CPU seconds per million records and peak
+resident memory (the producer process and the children it waited for — the Java KPL's native
+daemon included — from wait4). `--busy N` keeps N CPU-burning processes running during each
+run, as on a busy machine.
+
+The other producer (`--peer`): `aiokpl` (a pure-Python KPL; aiokpl_produce.py, with
+`--aiokpl-python`) or `java-kpl` (the Java KPL, tests/java's `produce` mode, with
+`--java-classpath`; it speaks TLS only, to `--tls-endpoint`). Used by scripts/bench-vs-aiokpl.sh
+and scripts/bench-vs-java-kpl.sh.
 """
 
 import argparse
@@ -69,7 +75,8 @@ def read_back(kinesis, stream):
 
 
 def run(command):
-    """Runs a producer; returns (its last stdout line as JSON, CPU seconds, wall seconds)."""
+    """Runs a producer; returns (its last stdout line as JSON, CPU seconds, wall seconds, peak RSS
+    in MiB of the process and the children it waited for)."""
     started = time.monotonic()
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     output = child.stdout.read()
@@ -78,7 +85,7 @@ def run(command):
     lines = [line for line in output.decode(errors="replace").splitlines() if line.startswith("{")]
     if not lines:
         raise SystemExit(f"bench: {command[0]} printed no summary (exit status {status})")
-    return json.loads(lines[-1]), usage.ru_utime + usage.ru_stime, wall
+    return json.loads(lines[-1]), usage.ru_utime + usage.ru_stime, wall, usage.ru_maxrss / 1024
 
 
 def main():
@@ -86,7 +93,12 @@ def main():
     p.add_argument("--endpoint", default=os.environ.get("KINESIS_MOCK_ENDPOINT"),
                    help="the Kinesis endpoint (default: $KINESIS_MOCK_ENDPOINT, set by scripts/test.sh)")
     p.add_argument("--produce", required=True, help="our produce binary")
-    p.add_argument("--aiokpl-python", required=True, help="a python with aiokpl installed")
+    p.add_argument("--peer", choices=["aiokpl", "java-kpl"], default="aiokpl", help="the other producer")
+    p.add_argument("--aiokpl-python", help="a python with aiokpl installed (--peer aiokpl)")
+    p.add_argument("--java-classpath", default=os.environ.get("JAVA_PEER_CLASSPATH"),
+                   help="the Java peer's classpath (--peer java-kpl; default: $JAVA_PEER_CLASSPATH)")
+    p.add_argument("--tls-endpoint", default=os.environ.get("KINESIS_MOCK_TLS_ENDPOINT"),
+                   help="the endpoint's TLS address for the Java KPL (default: $KINESIS_MOCK_TLS_ENDPOINT)")
     p.add_argument("--records", type=int, default=200_000)
     p.add_argument("--size", type=int, default=100)
     p.add_argument("--keys", type=int, default=1000)
@@ -98,24 +110,31 @@ def main():
     args = p.parse_args()
     if not args.endpoint:
         raise SystemExit("bench: no --endpoint and no KINESIS_MOCK_ENDPOINT")
+    if args.peer == "aiokpl" and not args.aiokpl_python:
+        raise SystemExit("bench: --peer aiokpl needs --aiokpl-python")
+    if args.peer == "java-kpl" and not (args.java_classpath and args.tls_endpoint):
+        raise SystemExit("bench: --peer java-kpl needs --java-classpath and --tls-endpoint")
     here = os.path.dirname(os.path.abspath(__file__))
     kinesis = client(args.endpoint)
     workload = ["--records", str(args.records), "--size", str(args.size), "--keys", str(args.keys)]
     rows = []
     for round_ in range(1, args.rounds + 1):
-        tools = ["ours", "aiokpl"] if round_ % 2 else ["aiokpl", "ours"]
+        tools = ["ours", args.peer] if round_ % 2 else [args.peer, "ours"]
         for tool in tools:
             stream = f"bench-{tool}-{round_}-{uuid.uuid4().hex[:8]}"
             create(kinesis, stream, args.shards)
             if tool == "ours":
                 command = [args.produce, "--stream", stream, "--endpoint", args.endpoint, *workload,
                            *args.ours_args.split()]
-            else:
+            elif tool == "aiokpl":
                 command = [args.aiokpl_python, os.path.join(here, "aiokpl_produce.py"), "--stream", stream,
                            "--endpoint", args.endpoint, *workload]
+            else:
+                command = ["java", "-cp", args.java_classpath, "kinesispeer.Main", "produce", "--stream", stream,
+                           "--endpoint", args.tls_endpoint, *workload]
             burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
             try:
-                summary, cpu, wall = run(command)
+                summary, cpu, wall, rss_mib = run(command)
             finally:
                 for burner in burners:
                     burner.kill()
@@ -128,12 +147,13 @@ def main():
                 "retries": summary.get("retries", 0), "inversions": inversions,
                 "records_per_s": round(summary.get("delivered", 0) / max(wall, 1e-9)),
                 "cpu_s_per_million": round(cpu / max(args.records, 1) * 1e6, 1),
+                "peak_rss_mib": round(rss_mib),
             }
             rows.append(row)
             print(json.dumps(row), flush=True)
             kinesis.delete_stream(StreamName=stream, EnforceConsumerDeletion=True)
     columns = ["round", "producer", "delivered", "expired", "failed", "stored", "duplicates", "retries",
-               "inversions", "records_per_s", "cpu_s_per_million"]
+               "inversions", "records_per_s", "cpu_s_per_million", "peak_rss_mib"]
     print()
     print("| " + " | ".join(columns) + " |")
     print("|" + "---|" * len(columns))
