@@ -315,17 +315,41 @@ async fn migrate(first: Side, second: Side, producer: Side, split: bool) {
     let reprocessed = seen.iter().filter(|r| !positions.insert((&r.shard, &r.seq, r.sub))).count();
     assert_eq!(reprocessed, 0, "stored records processed twice across a graceful handover: {accounting:?}");
     if producer == Side::Ours {
-        assert_eq!(accounting.duplicates, 0, "{accounting:?}");
-    }
-    if producer == Side::Ours {
-        // `kpl` keeps each key's order (its default); the KPL does not promise it.
+        // `kpl` keeps each key's order (its default); the KPL does not promise it, so with its
+        // records only the consumers' part of the lineage order is checked. Either producer may
+        // store a record twice when a request that succeeded timed out (a busy kinesis-mock):
+        // that is a new sequence number, not the consumers' doing, and not counted above.
         assert_eq!(accounting.order_violations, 0, "{accounting:?}");
         assert_eq!(accounting.lineage_violations, 0, "{accounting:?}");
     }
+    let children_too_early = children_processed_before_parents_ended(&seen, &shards);
+    assert!(
+        children_too_early.is_empty(),
+        "children processed before their parent's last record: {children_too_early:?}"
+    );
     assert_eq!(shards.len(), if split { 6 } else { 4 });
     check_summaries(&accounting, [first_summary, second_summary]);
     let _ = kinesis.delete_stream(&stream, true).await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Child shards whose first record was processed before their parent's last one: whoever
+/// processed them, a child starts only after its parents ended.
+fn children_processed_before_parents_ended(seen: &[SeenRecord], shards: &[kinesis_core::Shard]) -> Vec<String> {
+    let first_ts = |shard: &str| seen.iter().filter(|r| r.shard == shard).map(|r| r.ts_ms).min();
+    let last_ts = |shard: &str| seen.iter().filter(|r| r.shard == shard).map(|r| r.ts_ms).max();
+    shards
+        .iter()
+        .filter(|child| {
+            let parents = [child.parent_shard_id.as_ref(), child.adjacent_parent_shard_id.as_ref()];
+            let Some(child_first) = first_ts(child.shard_id.as_str()) else { return false };
+            parents
+                .into_iter()
+                .flatten()
+                .any(|p| last_ts(p.as_str()).is_some_and(|parent_last| parent_last > child_first))
+        })
+        .map(|child| child.shard_id.as_str().to_owned())
+        .collect()
 }
 
 fn check_summaries(accounting: &Accounting, summaries: [Option<serde_json::Value>; 2]) {
