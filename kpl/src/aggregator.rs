@@ -433,11 +433,16 @@ impl Aggregator {
         }
     }
 
-    /// Starts the next aggregate's key notes; returns the closed one's.
-    fn take_keys(&mut self) -> Vec<u64> {
+    /// Marks the open aggregate closed: the next one starts unmixed, ungrown.
+    fn reset_open(&mut self) {
         self.mixed = false;
         self.grown_limit = 0;
         self.closed += 1;
+    }
+
+    /// Starts the next aggregate's key notes; returns the closed one's.
+    fn take_keys(&mut self) -> Vec<u64> {
+        self.reset_open();
         if self.keys.is_empty() {
             return Vec::new();
         }
@@ -451,7 +456,8 @@ impl Aggregator {
             0 => None,
             1 if s.compression.is_none() => {
                 self.builder.clear();
-                self.take_keys();
+                self.keys.clear();
+                self.reset_open();
                 self.users.pop().map(plain)
             }
             n => {
@@ -514,9 +520,7 @@ impl Aggregator {
         }
         self.builder.clear();
         self.keys.clear();
-        self.mixed = false;
-        self.grown_limit = 0;
-        self.closed += 1;
+        self.reset_open();
         users
     }
 

@@ -524,21 +524,17 @@ impl Pipeline {
         let count = in_flight.records.len();
         // A request that failed as a whole may still have stored its records, unless the
         // service said it refused them; so may one whose answer does not add up.
-        let ambiguous = match &outcome.result {
-            Ok(output) => output.records.len() != count,
-            Err(error) => error.may_have_taken_effect(),
-        };
-        let results: Vec<Result<RecordPlacement, Arc<KinesisError>>> = match outcome.result {
+        let (ambiguous, results): (bool, Vec<Result<RecordPlacement, Arc<KinesisError>>>) = match outcome.result {
             Ok(output) if output.records.len() == count => {
-                output.records.into_iter().map(|r| r.map_err(Arc::new)).collect()
+                (false, output.records.into_iter().map(|r| r.map_err(Arc::new)).collect())
             }
             Ok(output) => {
                 let error = Arc::new(KinesisError::InternalFailure {
                     message: format!("PutRecords answered {} results for {count} records", output.records.len()),
                 });
-                vec![Err(error); count]
+                (true, vec![Err(error); count])
             }
-            Err(error) => vec![Err(Arc::new(error)); count],
+            Err(error) => (error.may_have_taken_effect(), vec![Err(Arc::new(error)); count]),
         };
 
         // Per shard: was anything throttled, did anything succeed (for the limiter).

@@ -67,10 +67,39 @@ impl SeenRecord {
             .collect()
     }
 
-    /// Orders sequence numbers numerically (they are decimal strings of any length), then by
-    /// sub-sequence number.
-    fn position(&self) -> (usize, &str, u64) {
-        (self.seq.len(), self.seq.as_str(), self.sub)
+    /// Distinct (key, n) pairs in `consume --out` files: how many produced records were seen.
+    pub fn unique_in(paths: &[PathBuf]) -> usize {
+        let seen = SeenRecord::read_out_files(paths);
+        seen.iter().map(|r| (r.key.as_str(), r.n)).collect::<HashSet<_>>().len()
+    }
+
+    /// Deliveries of a stored record (shard, sequence and sub-sequence number) already
+    /// delivered: a consumer's re-processing, as opposed to a producer's second copy, which has
+    /// a sequence number of its own.
+    pub fn reprocessed(seen: &[SeenRecord]) -> usize {
+        let mut positions = HashSet::new();
+        seen.iter().filter(|r| !positions.insert((&r.shard, &r.seq, r.sub))).count()
+    }
+
+    /// The record's place in its shard, ordered as [`stored_position`] orders.
+    pub fn position(&self) -> (usize, &str, u64) {
+        stored_position(&self.seq, self.sub)
+    }
+}
+
+/// A stored position, ordered as the shard stores it: sequence numbers numerically (they are
+/// decimal strings of any length), then the sub-sequence number.
+pub fn stored_position(sequence_number: &str, sub_sequence_number: u64) -> (usize, &str, u64) {
+    (sequence_number.len(), sequence_number, sub_sequence_number)
+}
+
+/// Prints the last 25 lines of a process's log to stderr, to explain a failure.
+pub fn print_log_tail(path: &std::path::Path) {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let tail: Vec<&str> = text.lines().rev().take(25).collect();
+    eprintln!("--- {} (last lines)", path.display());
+    for line in tail.into_iter().rev() {
+        eprintln!("{line}");
     }
 }
 

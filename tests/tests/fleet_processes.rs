@@ -48,19 +48,9 @@ fn start_consumer(
     Consumer { worker, out, log, child }
 }
 
-fn unique_seen(outs: &[PathBuf]) -> usize {
-    let seen = SeenRecord::read_out_files(outs);
-    seen.iter().map(|r| (r.key.as_str(), r.n)).collect::<std::collections::HashSet<_>>().len()
-}
-
 fn dump_logs(consumers: &[Consumer], producer_log: &std::path::Path) {
-    for path in consumers.iter().map(|c| &c.log).chain(std::iter::once(&producer_log.to_path_buf())) {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        let tail: Vec<&str> = text.lines().rev().take(15).collect();
-        eprintln!("--- {} (last lines)", path.display());
-        for line in tail.into_iter().rev() {
-            eprintln!("{line}");
-        }
+    for path in consumers.iter().map(|c| c.log.as_path()).chain(std::iter::once(producer_log)) {
+        tests::print_log_tail(path);
     }
 }
 
@@ -94,14 +84,14 @@ async fn produce_to_three_consume_processes_with_a_split_and_a_sigkill() {
 
     // A third of the way in: split the first shard at its midpoint.
     let started = Instant::now();
-    while unique_seen(&outs) < (RECORDS / 3) as usize && started.elapsed() < Duration::from_secs(60) {
+    while SeenRecord::unique_in(&outs) < (RECORDS / 3) as usize && started.elapsed() < Duration::from_secs(60) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let shards = all_shards(&kinesis, &stream).await;
     kinesis.split_shard(&stream, &shards[0].shard_id, shards[0].hash_key_range.midpoint()).await.expect("split");
 
     // Half way: SIGKILL the consumer that has processed the most records lately.
-    while unique_seen(&outs) < (RECORDS / 2) as usize && started.elapsed() < Duration::from_secs(90) {
+    while SeenRecord::unique_in(&outs) < (RECORDS / 2) as usize && started.elapsed() < Duration::from_secs(90) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let seen = SeenRecord::read_out_files(&outs);
@@ -125,7 +115,7 @@ async fn produce_to_three_consume_processes_with_a_split_and_a_sigkill() {
     let summary = summary.expect("produce summary");
     assert_eq!(summary["delivered"].as_u64(), Some(RECORDS), "{summary}");
     let deadline = Instant::now() + Duration::from_secs(120);
-    while unique_seen(&outs) < RECORDS as usize && Instant::now() < deadline {
+    while SeenRecord::unique_in(&outs) < RECORDS as usize && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 

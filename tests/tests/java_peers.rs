@@ -127,34 +127,39 @@ impl Consumer {
         .expect("join");
         let summary = waited.as_ref().and_then(|output| last_json_line(&output.stdout));
         if summary.is_none() {
-            dump_log(&log);
+            tests::print_log_tail(&log);
         }
         summary
     }
 }
 
-fn dump_log(path: &Path) {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let tail: Vec<&str> = text.lines().rev().take(25).collect();
-    eprintln!("--- {} (last lines)", path.display());
-    for line in tail.into_iter().rev() {
-        eprintln!("{line}");
+/// The application's DynamoDB stores, once all three of its tables (and the owner index) exist.
+/// The test never
+/// creates them (`DynamoDbStores::build` would): the consumer under test does, the Java KCL
+/// included, so what the other side reads is what that side wrote.
+async fn stores(peers: &Peers, app: &str) -> Option<kcl_ddb_store::DynamoDbStores> {
+    let config = aws_sdk_dynamodb::Config::builder()
+        .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
+        .endpoint_url(&peers.dynamodb)
+        .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new("test", "test", None, None, "test"))
+        .build();
+    let client = aws_sdk_dynamodb::Client::from_conf(config);
+    let leases = client.describe_table().table_name(app).send().await.ok()?.table?;
+    let has_index =
+        leases.global_secondary_indexes().iter().any(|i| i.index_name() == Some("LeaseOwnerToLeaseKeyIndex"));
+    if !has_index {
+        return None;
     }
-}
-
-/// The application's DynamoDB stores, as `kcl-ddb-store` opens them.
-async fn stores(peers: &Peers, app: &str) -> Result<kcl_ddb_store::DynamoDbStores, kcl::StoreError> {
-    kcl_ddb_store::DynamoDbStores::builder()
-        .local(peers.dynamodb.clone())
-        .await
-        .application_name(app.to_owned())
-        .build()
-        .await
+    for table in [format!("{app}-CoordinatorState"), format!("{app}-WorkerMetricStats")] {
+        client.describe_table().table_name(table).send().await.ok()?;
+    }
+    kcl_ddb_store::DynamoDbStores::builder().client(client).application_name(app.to_owned()).build().await.ok()
 }
 
 /// Who holds the application's leader lock now.
 async fn leader_of(peers: &Peers, app: &str) -> Option<String> {
-    let coordinator = stores(peers, app).await.ok()?.coordinator_store();
+    let coordinator = stores(peers, app).await?.coordinator_store();
     kcl::CoordinatorStore::get_lock(&coordinator, "Leader").await.ok().flatten().map(|l| l.owner)
 }
 
@@ -194,16 +199,6 @@ fn start_producer(side: Side, peers: &Peers, dir: &Path, stream: &str, records: 
     (command.spawn().expect("start a producer"), log)
 }
 
-fn unique_seen(outs: &[PathBuf]) -> usize {
-    let seen = SeenRecord::read_out_files(outs);
-    seen.iter().map(|r| (r.key.as_str(), r.n)).collect::<std::collections::HashSet<_>>().len()
-}
-
-/// A record's place in its shard: sequence numbers compare numerically, then sub-sequence.
-fn position(sequence_number: &str, sub: u64) -> (usize, String, u64) {
-    (sequence_number.len(), sequence_number.to_owned(), sub)
-}
-
 /// What the first consumer left in the lease table, per shard.
 async fn checkpoints(peers: &Peers, app: &str) -> HashMap<String, ExtendedSequenceNumber> {
     checkpoint_leases(peers, app).await.into_iter().map(|lease| (lease.lease_key, lease.checkpoint)).collect()
@@ -214,7 +209,7 @@ async fn checkpoints(peers: &Peers, app: &str) -> HashMap<String, ExtendedSequen
 async fn wait_for_leases(peers: &Peers, app: &str, worker: &str, wanted: usize, within: Duration) -> bool {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
-        if let Ok(stores) = stores(peers, app).await
+        if let Some(stores) = stores(peers, app).await
             && let Ok(leases) = stores.lease_store().list_leases().await
             && leases.iter().filter(|l| l.lease_owner.as_deref() == Some(worker)).count() >= wanted
         {
@@ -237,7 +232,7 @@ async fn migrate(first: Side, second: Side, producer: Side, split: bool) {
     let consumer = Consumer::start(first, &peers, &dir, &name, &name, &format!("{first:?}-1").to_lowercase());
     let ready = wait_for_leases(&peers, &name, &consumer.worker, 4, Duration::from_secs(240)).await;
     if !ready {
-        dump_log(&consumer.log);
+        tests::print_log_tail(&consumer.log);
     }
     assert!(ready, "the first consumer ({first:?}) was not given the 4 leases within 4 minutes");
     let (producer_child, producer_log) = start_producer(producer, &peers, &dir, &name, RECORDS, RATE);
@@ -250,7 +245,7 @@ async fn migrate(first: Side, second: Side, producer: Side, split: bool) {
         kinesis.split_shard(&stream, &shards[0].shard_id, shards[0].hash_key_range.midpoint()).await.expect("split");
     }
     // Past 60 % of the records: the first consumer stops gracefully.
-    while unique_seen(&outs) < (RECORDS * 6 / 10) as usize && started.elapsed() < Duration::from_secs(120) {
+    while SeenRecord::unique_in(&outs) < (RECORDS * 6 / 10) as usize && started.elapsed() < Duration::from_secs(120) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let first_worker = consumer.worker.clone();
@@ -265,11 +260,11 @@ async fn migrate(first: Side, second: Side, producer: Side, split: bool) {
         tokio::task::spawn_blocking(move || producer_child.wait_with_output()).await.expect("join").expect("produce");
     let producer_summary = last_json_line(&produced.stdout);
     if !produced.status.success() {
-        dump_log(&producer_log);
+        tests::print_log_tail(&producer_log);
     }
     assert!(produced.status.success(), "the {producer:?} producer failed: {producer_summary:?}");
     let deadline = Instant::now() + Duration::from_secs(300);
-    while unique_seen(&outs) < RECORDS as usize && Instant::now() < deadline {
+    while SeenRecord::unique_in(&outs) < RECORDS as usize && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let second_worker = consumer.worker.clone();
@@ -287,7 +282,7 @@ async fn migrate(first: Side, second: Side, producer: Side, split: bool) {
     for record in seen.iter().filter(|r| r.worker == second_worker) {
         match handed_over.get(&record.shard) {
             Some(ExtendedSequenceNumber::Sequence { sequence_number, sub_sequence_number })
-                if position(&record.seq, record.sub) <= position(sequence_number.as_str(), *sub_sequence_number) =>
+                if record.position() <= tests::stored_position(sequence_number.as_str(), *sub_sequence_number) =>
             {
                 before_checkpoint += 1;
             }
@@ -302,7 +297,7 @@ async fn migrate(first: Side, second: Side, producer: Side, split: bool) {
          {accounting:?}"
     );
     if accounting.missing_count > 0 {
-        dump_log(&second_log);
+        tests::print_log_tail(&second_log);
     }
     assert_eq!(accounting.missing_count, 0, "records lost: {accounting:?}");
     assert_eq!(accounting.unexpected, 0, "{accounting:?}");
@@ -311,8 +306,7 @@ async fn migrate(first: Side, second: Side, producer: Side, split: bool) {
     assert_eq!(before_checkpoint, 0, "the second consumer processed records at or before the checkpoints");
     // A stored record processed twice (the KPL's retries may store a record twice; that is no
     // consumer's doing).
-    let mut positions = std::collections::HashSet::new();
-    let reprocessed = seen.iter().filter(|r| !positions.insert((&r.shard, &r.seq, r.sub))).count();
+    let reprocessed = SeenRecord::reprocessed(&seen);
     assert_eq!(reprocessed, 0, "stored records processed twice across a graceful handover: {accounting:?}");
     if producer == Side::Ours {
         // `kpl` keeps each key's order (its default); the KPL does not promise it, so with its
@@ -404,7 +398,13 @@ struct Sample {
 
 /// Polls the application's lease table and leader lock until `stop` is cancelled.
 async fn watch(peers: &Peers, app: &str, stop: Arc<AtomicBool>) -> Timeline {
-    let stores = stores(peers, app).await.expect("lease tables");
+    let stores = loop {
+        match stores(peers, app).await {
+            Some(stores) => break stores,
+            None if stop.load(Ordering::SeqCst) => return Timeline::default(),
+            None => tokio::time::sleep(Duration::from_secs(1)).await,
+        }
+    };
     let (leases, coordinator) = (stores.lease_store(), stores.coordinator_store());
     let mut timeline = Timeline::default();
     let mut owners: HashMap<String, Option<String>> = HashMap::new();
@@ -436,11 +436,6 @@ async fn watch(peers: &Peers, app: &str, stop: Arc<AtomicBool>) -> Timeline {
     timeline
 }
 
-/// Waits until `worker` owns at least one lease.
-async fn wait_for_any_lease(peers: &Peers, app: &str, worker: &str, within: Duration) -> bool {
-    wait_for_leases(peers, app, worker, 1, within).await
-}
-
 /// Two Java KCL workers are replaced one at a time by `consume` processes while records flow,
 /// until only ours remain: nothing lost, re-processing only right after a lease changed hands,
 /// no lease passed back and forth, and whoever leads, the other side's workers hold leases.
@@ -459,8 +454,8 @@ async fn a_rolling_migration_from_the_java_kcl_to_kcl_in_a_mixed_fleet() {
         let (peers, app, stop) = (peers.clone(), name.clone(), stop_watch.clone());
         tokio::spawn(async move { watch(&peers, &app, stop).await })
     };
-    let java_ready = wait_for_any_lease(&peers, &name, "java-1", Duration::from_secs(240)).await
-        || wait_for_any_lease(&peers, &name, "java-2", Duration::from_secs(1)).await;
+    let java_ready = wait_for_leases(&peers, &name, "java-1", 1, Duration::from_secs(240)).await
+        || wait_for_leases(&peers, &name, "java-2", 1, Duration::from_secs(1)).await;
     assert!(java_ready, "the Java workers were given no lease within 4 minutes");
 
     let (producer, _) = start_producer(Side::Ours, &peers, &dir, &name, MIXED_RECORDS, MIXED_RATE);
@@ -474,7 +469,7 @@ async fn a_rolling_migration_from_the_java_kcl_to_kcl_in_a_mixed_fleet() {
     // either, or its leader balances on a metric only some workers have (and stops moving leases).
     let ours1 = Consumer::start_with(Side::Ours, &peers, &dir, &name, &name, "ours-1", &["--no-cpu-metrics"]);
     outs.push(ours1.out.clone());
-    let ours1_got_leases = wait_for_any_lease(&peers, &name, "ours-1", Duration::from_secs(150)).await;
+    let ours1_got_leases = wait_for_leases(&peers, &name, "ours-1", 1, Duration::from_secs(150)).await;
     let leader_now = leader_of(&peers, &name).await;
     let (first_java, second_java) =
         if leader_now.as_deref() == Some("java-2") { (java2, java1) } else { (java1, java2) };
@@ -485,7 +480,7 @@ async fn a_rolling_migration_from_the_java_kcl_to_kcl_in_a_mixed_fleet() {
     tokio::time::sleep(Duration::from_secs(20)).await;
     let ours2 = Consumer::start_with(Side::Ours, &peers, &dir, &name, &name, "ours-2", &["--no-cpu-metrics"]);
     outs.push(ours2.out.clone());
-    let ours2_got_leases = wait_for_any_lease(&peers, &name, "ours-2", Duration::from_secs(150)).await;
+    let ours2_got_leases = wait_for_leases(&peers, &name, "ours-2", 1, Duration::from_secs(150)).await;
     stops.push((second_java.worker.clone(), tests::now_ms()));
     let second_java_summary = second_java.stop().await;
 
@@ -493,7 +488,7 @@ async fn a_rolling_migration_from_the_java_kcl_to_kcl_in_a_mixed_fleet() {
         tokio::task::spawn_blocking(move || producer.wait_with_output()).await.expect("join").expect("produce");
     assert!(produced.status.success(), "produce failed: {:?}", last_json_line(&produced.stdout));
     let deadline = Instant::now() + Duration::from_secs(300);
-    while unique_seen(&outs) < MIXED_RECORDS as usize && Instant::now() < deadline {
+    while SeenRecord::unique_in(&outs) < MIXED_RECORDS as usize && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let ours_summaries = [ours1.stop().await, ours2.stop().await];
@@ -586,7 +581,7 @@ async fn a_rolling_migration_from_the_java_kcl_to_kcl_in_a_mixed_fleet() {
 
 /// The application's leases as they are now.
 async fn checkpoint_leases(peers: &Peers, app: &str) -> Vec<kcl::Lease> {
-    stores(peers, app).await.expect("lease tables").lease_store().list_leases().await.expect("list leases")
+    stores(peers, app).await.expect("the lease tables").lease_store().list_leases().await.expect("list leases")
 }
 
 /// The regime the rolling migration reaches only when our worker wins the released lock: a
@@ -604,14 +599,14 @@ async fn a_java_kcl_worker_joining_a_fleet_led_by_kcl_is_given_leases() {
     assert!(wait_for_leases(&peers, &name, "ours-1", 4, Duration::from_secs(60)).await, "ours-1 took no leases");
     let (producer, _) = start_producer(Side::Ours, &peers, &dir, &name, JOIN_RECORDS, JOIN_RATE);
     let java = Consumer::start(Side::Java, &peers, &dir, &name, &name, "java-1");
-    let java_got_leases = wait_for_any_lease(&peers, &name, "java-1", Duration::from_secs(240)).await;
+    let java_got_leases = wait_for_leases(&peers, &name, "java-1", 1, Duration::from_secs(240)).await;
     let leader = leader_of(&peers, &name).await;
     let outs = vec![ours.out.clone(), java.out.clone()];
     let produced =
         tokio::task::spawn_blocking(move || producer.wait_with_output()).await.expect("join").expect("produce");
     assert!(produced.status.success(), "produce failed");
     let deadline = Instant::now() + Duration::from_secs(240);
-    while unique_seen(&outs) < JOIN_RECORDS as usize && Instant::now() < deadline {
+    while SeenRecord::unique_in(&outs) < JOIN_RECORDS as usize && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let java_log = java.log.clone();
@@ -620,14 +615,13 @@ async fn a_java_kcl_worker_joining_a_fleet_led_by_kcl_is_given_leases() {
     let seen = SeenRecord::read_out_files(&outs);
     let accounting = account(&seen, &expected_round_robin(JOIN_RECORDS, KEYS), &shards);
     let by_java = seen.iter().filter(|r| r.worker == "java-1").count();
-    let mut positions = std::collections::HashSet::new();
-    let reprocessed = seen.iter().filter(|r| !positions.insert((&r.shard, &r.seq, r.sub))).count();
+    let reprocessed = SeenRecord::reprocessed(&seen);
     println!(
         "java worker joins a kcl fleet: leader when it joined {leader:?}; java-1 given a lease: {java_got_leases}, \
          processed {by_java}; re-processed {reprocessed}; consumers {summaries:?}; {accounting:?}"
     );
     if !java_got_leases {
-        dump_log(&java_log);
+        tests::print_log_tail(&java_log);
     }
     assert_eq!(leader.as_deref(), Some("ours-1"), "ours-1 should lead the fleet it started");
     assert!(java_got_leases && by_java > 0, "our leader gave the Java worker no lease within 4 minutes");

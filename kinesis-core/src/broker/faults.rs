@@ -77,8 +77,9 @@ impl FaultRule {
         self
     }
 
-    /// Adds `per_mib` of latency for every MiB of the request (`PutRecords` and `PutRecord` data
-    /// and partition keys): an endpoint that takes longer the larger the request.
+    /// Adds `per_mib` of latency for every MiB of a `PutRecords` request (its records' data and
+    /// partition keys): an endpoint that takes longer the larger the request. Other operations
+    /// get only the fixed latency.
     pub fn latency_per_mib(mut self, per_mib: Duration) -> Self {
         self.latency_per_mib = Some(per_mib);
         self
