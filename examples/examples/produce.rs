@@ -17,41 +17,61 @@
 //! `records_per_s`.
 //!
 //! Exit codes: 0 all delivered, 1 some failed, 2 bad flags, 3 endpoint unreachable, 4 no stream.
+//! `--help` lists the flags with their defaults; `--version` prints the version.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use examples::{Flags, exit, kinesis_client, payload, startup_failure, usage_failure};
+use clap::Parser;
+use examples::{AwsArgs, exit, payload, startup_failure};
 use kinesis_core::{CreateStreamRequest, Kinesis, KinesisError, StreamRef};
 use kpl::{Compression, Producer, ProducerConfig, RecordOrder, UserRecord};
 
-const USAGE: &str = "produce --stream S [--endpoint URL] [--region R] [--create-shards N] [--records N] [--size BYTES] [--keys K] [--rate R] [--no-aggregation] [--unordered] [--compress]";
+/// Writes records to a Kinesis stream with the `kpl` producer and reports what was delivered.
+///
+/// Partition keys are k0…k{K-1} round-robin; each record's data starts with "<key> <n> ",
+/// padded to --size bytes. The last stdout line is a JSON summary. Exit codes: 0 all delivered,
+/// 1 some failed, 2 bad flags, 3 endpoint unreachable, 4 no stream.
+#[derive(Debug, Parser)]
+#[command(name = "produce", version)]
+struct Args {
+    /// The stream to write to (a name or an ARN).
+    #[arg(long, value_name = "NAME")]
+    stream: String,
+    #[command(flatten)]
+    aws: AwsArgs,
+    /// Create the stream with this many shards first (0: it must exist; an existing stream is kept).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    create_shards: u32,
+    /// How many records to send.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    records: u64,
+    /// Bytes per record (never shorter than its "<key> <n> " header).
+    #[arg(long, value_name = "BYTES", default_value_t = 100)]
+    size: usize,
+    /// How many partition keys.
+    #[arg(long, value_name = "K", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    keys: u64,
+    /// Records per second to send at (0: as fast as the producer takes them).
+    #[arg(long, value_name = "R", default_value_t = 0.0)]
+    rate: f64,
+    /// Send each record as a Kinesis record of its own (no KPL aggregation).
+    #[arg(long)]
+    no_aggregation: bool,
+    /// Give up each key's send order (`RecordOrder::Unordered`, the Java KPL's behaviour).
+    #[arg(long)]
+    unordered: bool,
+    /// Deflate the aggregates (only kcl-based consumers undo it).
+    #[arg(long)]
+    compress: bool,
+}
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let flags = match Flags::parse(
-        &["stream", "endpoint", "region", "create-shards", "records", "size", "keys", "rate"],
-        &["no-aggregation", "unordered", "compress"],
-    ) {
-        Ok(f) => f,
-        Err(e) => return usage_failure("produce", USAGE, &e),
-    };
-    let parsed = (|| {
-        Ok::<_, examples::UsageError>((
-            flags.required("stream")?.to_owned(),
-            flags.number::<u32>("create-shards", 0)?,
-            flags.number::<u64>("records", 10_000)?,
-            flags.number::<usize>("size", 100)?,
-            flags.number::<u64>("keys", 100)?.max(1),
-            flags.number::<f64>("rate", 0.0)?,
-        ))
-    })();
-    let (stream_name, create_shards, records, size, keys, rate) = match parsed {
-        Ok(p) => p,
-        Err(e) => return usage_failure("produce", USAGE, &e),
-    };
-    let client = kinesis_client(flags.get("endpoint"), flags.get("region")).await;
-    let stream = StreamRef::from(stream_name.as_str());
+    let args = Args::parse();
+    let Args { records, size, keys, rate, create_shards, .. } = args;
+    let client = args.aws.kinesis_client().await;
+    let stream = StreamRef::from(args.stream.as_str());
 
     if create_shards > 0 {
         match client.create_stream(CreateStreamRequest::provisioned(stream.name(), create_shards)).await {
@@ -67,10 +87,12 @@ async fn main() -> ExitCode {
         return startup_failure("produce", &format!("stream {stream}"), &e);
     }
 
-    let mut config = ProducerConfig::default()
-        .aggregation_enabled(!flags.has("no-aggregation"))
-        .ordering(if flags.has("unordered") { RecordOrder::Unordered } else { RecordOrder::PerKey });
-    if flags.has("compress") {
+    let mut config = ProducerConfig::default().aggregation_enabled(!args.no_aggregation).ordering(if args.unordered {
+        RecordOrder::Unordered
+    } else {
+        RecordOrder::PerKey
+    });
+    if args.compress {
         config = config.compression(Compression::Zlib { level: 6 });
     }
     let producer = match Producer::builder(client, stream.clone()).config(config).build().await {

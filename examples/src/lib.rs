@@ -1,10 +1,9 @@
-//! Shared pieces of the example programs: flag parsing, building clients by the AWS conventions,
-//! and the record format the `produce` and `consume` programs agree on.
+//! Shared pieces of the example programs: their common command-line options, building clients by
+//! the AWS conventions, and the record format the `produce` and `consume` programs agree on.
 //!
 //! The programs themselves are in `examples/examples/`; run them from the repository root with
-//! `cargo run --release --example <name> -- <flags>`.
+//! `cargo run --release --example <name> -- <flags>` (`--help` lists each one's flags).
 
-use std::collections::HashMap;
 use std::process::ExitCode;
 
 use kinesis_core::{AwsKinesis, KinesisError};
@@ -13,7 +12,7 @@ use kinesis_core::{AwsKinesis, KinesisError};
 pub mod exit {
     /// Some records were not delivered or a check failed.
     pub const FAILED: u8 = 1;
-    /// Bad command-line flags.
+    /// Bad command-line flags (clap's own exit code for usage errors, too).
     pub const USAGE: u8 = 2;
     /// The endpoint could not be reached or refused the credentials.
     pub const UNREACHABLE: u8 = 3;
@@ -21,80 +20,44 @@ pub mod exit {
     pub const NO_STREAM: u8 = 4;
 }
 
-/// Parsed `--flag value` and `--switch` arguments.
-#[derive(Debug, Default)]
-pub struct Flags {
-    values: HashMap<String, String>,
-    switches: Vec<String>,
+/// The options every program that talks to Kinesis shares: where the endpoint is and which
+/// region. Both follow the AWS conventions when the flag is absent.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AwsArgs {
+    /// Kinesis endpoint URL, e.g. a LocalStack or kinesis-mock address. Without the flag:
+    /// `AWS_ENDPOINT_URL_KINESIS`, then `AWS_ENDPOINT_URL`, then the service's own endpoint.
+    #[arg(long, value_name = "URL")]
+    pub endpoint: Option<String>,
+    /// AWS region; without the flag and the variable, the SDK's chain (profile, instance metadata).
+    #[arg(long, value_name = "REGION", env = "AWS_REGION")]
+    pub region: Option<String>,
 }
 
-/// A command-line problem, printed with the usage text.
-#[derive(Debug)]
-pub struct UsageError(pub String);
-
-impl Flags {
-    /// Parses the process arguments. `switches` are the flags that take no value; every other
-    /// flag must be in `valued`.
-    pub fn parse(valued: &[&str], switches: &[&str]) -> Result<Flags, UsageError> {
-        let mut flags = Flags::default();
-        let mut args = std::env::args().skip(1);
-        while let Some(arg) = args.next() {
-            let Some(name) = arg.strip_prefix("--") else {
-                return Err(UsageError(format!("unexpected argument {arg:?}")));
-            };
-            let (name, inline) = match name.split_once('=') {
-                Some((n, v)) => (n.to_owned(), Some(v.to_owned())),
-                None => (name.to_owned(), None),
-            };
-            if switches.contains(&name.as_str()) {
-                flags.switches.push(name);
-            } else if valued.contains(&name.as_str()) {
-                let value = match inline {
-                    Some(v) => v,
-                    None => args.next().ok_or_else(|| UsageError(format!("--{name} needs a value")))?,
-                };
-                flags.values.insert(name, value);
-            } else {
-                return Err(UsageError(format!("unknown flag --{name}")));
-            }
-        }
-        Ok(flags)
+impl AwsArgs {
+    /// The Kinesis endpoint in effect: the flag, else `AWS_ENDPOINT_URL_KINESIS`, else
+    /// `AWS_ENDPOINT_URL` (the service-specific variable wins, as in the AWS SDKs).
+    pub fn kinesis_endpoint(&self) -> Option<String> {
+        self.endpoint.clone().or_else(|| env_endpoint("AWS_ENDPOINT_URL_KINESIS"))
     }
 
-    /// A flag's text value.
-    pub fn get(&self, name: &str) -> Option<&str> {
-        self.values.get(name).map(String::as_str)
-    }
-
-    /// A required flag's text value.
-    pub fn required(&self, name: &str) -> Result<&str, UsageError> {
-        self.get(name).ok_or_else(|| UsageError(format!("--{name} is required")))
-    }
-
-    /// A flag's numeric value, or `default`.
-    pub fn number<T: std::str::FromStr>(&self, name: &str, default: T) -> Result<T, UsageError> {
-        match self.get(name) {
-            None => Ok(default),
-            Some(text) => text.parse().map_err(|_| UsageError(format!("--{name} must be a number, not {text:?}"))),
-        }
-    }
-
-    /// Whether a switch was given.
-    pub fn has(&self, name: &str) -> bool {
-        self.switches.iter().any(|s| s == name)
+    /// The Kinesis client for these options; see [`kinesis_client`].
+    pub async fn kinesis_client(&self) -> AwsKinesis {
+        let region = self.region.as_deref().filter(|r| !r.trim().is_empty());
+        kinesis_client(self.kinesis_endpoint().as_deref(), region).await
     }
 }
 
-/// Prints a usage error and returns the usage exit code.
-pub fn usage_failure(program: &str, usage: &str, error: &UsageError) -> ExitCode {
-    eprintln!("{program}: {}\n\nusage: {usage}", error.0);
-    ExitCode::from(exit::USAGE)
+/// A non-empty endpoint from `service_variable`, else from `AWS_ENDPOINT_URL`.
+pub fn env_endpoint(service_variable: &str) -> Option<String> {
+    [service_variable, "AWS_ENDPOINT_URL"]
+        .into_iter()
+        .find_map(|name| std::env::var(name).ok().filter(|value| !value.trim().is_empty()))
 }
 
-/// The Kinesis client for `--endpoint` / `--region`, following the AWS conventions: with no
-/// endpoint flag the standard chain applies (`AWS_ENDPOINT_URL`, `AWS_REGION`, profiles,
-/// instance metadata). With an endpoint and no credentials configured (no `AWS_ACCESS_KEY_ID`,
-/// no `AWS_PROFILE`) static test credentials are used, as local emulators accept any.
+/// The Kinesis client for an endpoint and region, following the AWS conventions: with no
+/// endpoint the standard chain applies (profiles, instance metadata). With an endpoint and no
+/// credentials configured (no `AWS_ACCESS_KEY_ID`, no `AWS_PROFILE`) static test credentials are
+/// used, as local emulators accept any.
 pub async fn kinesis_client(endpoint: Option<&str>, region: Option<&str>) -> AwsKinesis {
     let has_credentials = std::env::var_os("AWS_ACCESS_KEY_ID").is_some() || std::env::var_os("AWS_PROFILE").is_some();
     match (endpoint, region) {

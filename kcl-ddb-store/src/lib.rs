@@ -143,7 +143,8 @@ impl DynamoDbStoresBuilder {
         self
     }
 
-    /// Builds the client for DynamoDB Local: the endpoint, region `us-east-1`, static test credentials.
+    /// Builds the client for a local DynamoDB emulator (moto's server, DynamoDB Local, LocalStack): the
+    /// endpoint, region `us-east-1`, static test credentials, so no AWS account or profile is needed.
     pub async fn local(mut self, endpoint_url: impl Into<String>) -> Self {
         let config = sdk_defaults()
             .endpoint_url(endpoint_url)
@@ -200,3 +201,9 @@ impl DynamoDbStoresBuilder {
         })
     }
 }
+
+/// The crate's README (its page on crates.io), compiled and run as doctests so that its example
+/// stays true to the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

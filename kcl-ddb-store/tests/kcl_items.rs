@@ -189,12 +189,12 @@ fn malformed_items_are_typed_errors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stored_items_match_the_java_layout_and_java_items_are_used_as_is() {
-    let Ok(endpoint) = std::env::var("DYNAMODB_LOCAL_ENDPOINT") else {
+    let Ok(endpoint) = std::env::var("DYNAMODB_ENDPOINT") else {
         assert!(
             std::env::var_os("KINESIS_TEST_REQUIRE_PEERS").is_none(),
-            "DYNAMODB_LOCAL_ENDPOINT is not set: run scripts/test.sh"
+            "DYNAMODB_ENDPOINT is not set: run scripts/test.sh"
         );
-        eprintln!("skipping: DYNAMODB_LOCAL_ENDPOINT is not set");
+        eprintln!("skipping: DYNAMODB_ENDPOINT is not set");
         return;
     };
     let app = format!("items-{}", std::process::id());

@@ -6,7 +6,7 @@
 //! The polling pace between reads is set to zero (the 5 reads/s of the real service is a limit
 //! like the others); the measured span runs from the first delivered batch to the last.
 //!
-//! Run: `cargo bench -p kcl --bench consume`. Prints one JSON line.
+//! Run: `cargo bench -p kinesis-kcl --bench consume`. Prints one JSON line.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

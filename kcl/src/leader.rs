@@ -17,7 +17,7 @@
 //! # The leader fence
 //!
 //! While it leads, a worker's every lease ends at the latest `leader_lock_duration` after it
-//! sent its last successful heartbeat ([`Fencing`](crate::lease_renewer::Fencing)): once that
+//! sent its last successful heartbeat (the lease renewer's fencing): once that
 //! passes, all its shards stop and their leases are quarantined (not taken up again until someone
 //! else writes them). A contender takes the lock only after watching one version for the lock's
 //! lease duration, so by then the old leader has stopped every shard, and the lock item says it

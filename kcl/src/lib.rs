@@ -139,3 +139,9 @@ pub use processor::{ShardRecordProcessor, ShardRecordProcessorFactory};
 pub use record::KinesisClientRecord;
 pub use scheduler::{Scheduler, SchedulerBuilder, SchedulerHandle, SchedulerState, ShardPhase, ShardStatus};
 pub use store::{CoordinatorStore, LeaseStore, LockItem, StoreError, WorkerMetrics, WorkerMetricsStore};
+
+/// The crate's README (its page on crates.io), compiled and run as doctests so that its example
+/// stays true to the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -33,3 +33,9 @@ pub use shard::{Shard, ShardId};
 
 #[cfg(feature = "aws")]
 pub use aws::AwsKinesis;
+
+/// The crate's README (its page on crates.io), compiled and run as doctests so that its example
+/// stays true to the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

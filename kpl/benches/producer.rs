@@ -9,7 +9,7 @@
 //!   offered 10× what it accepts, with `max_buffered_bytes` = 32 MiB: the peak resident memory
 //!   (`VmHWM` of `/proc/self/status`) shows memory stays near the configured bound.
 //!
-//! Run: `cargo bench -p kpl --bench producer` (optionally `-- throughput` or `-- overload`).
+//! Run: `cargo bench -p kinesis-kpl --bench producer` (optionally `-- throughput` or `-- overload`).
 //! With `BENCH_RECORDS=n` each throughput run sends `n` records instead of running for a few
 //! seconds: the work is then the same from run to run, for valgrind's instruction and cache-miss
 //! counts, which a shared machine does not disturb (see `scripts/bench-counts.sh`).

@@ -111,7 +111,7 @@
 //! the bound there are fixed amounts: up to 4 MiB of emptied per-aggregate lists kept for
 //! reuse, and a memo of recent partition keys' hash keys of about 160 KiB per thread that sends
 //! (`RECORD_OVERHEAD_BYTES` covers each record's bookkeeping). The overload benchmark
-//! (`cargo bench -p kpl --bench producer -- overload`) measures the peak resident memory under
+//! (`cargo bench -p kinesis-kpl --bench producer -- overload`) measures the peak resident memory under
 //! ten times the load a stream accepts.
 //!
 //! # Compression
@@ -165,3 +165,9 @@ pub use producer::{Producer, ProducerBuilder};
 pub use record::{DeliveryFuture, DeliveryResult, RecordMetadata, UserRecord};
 pub use stats::ProducerStats;
 pub use validate::RECORD_OVERHEAD_BYTES;
+
+/// The crate's README (its page on crates.io), compiled and run as doctests so that its example
+/// stays true to the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -1,5 +1,5 @@
 """The Java KCL 3.x and our `consume` side by side, same lease duration (10 s, the Java KCL's
-default failover time), same kinesis-mock and DynamoDB Local, one side after the other:
+default failover time), same kinesis-mock and DynamoDB peer (moto by default), one side after the other:
 
   cost    an idle 4-shard stream, two workers: DynamoDB requests per lease-hour over a window
           after every lease is held, counted by a proxy in front of DynamoDB, by operation;
@@ -284,7 +284,7 @@ class Bench:
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--endpoint", default=os.environ.get("KINESIS_MOCK_ENDPOINT"))
-    p.add_argument("--ddb-endpoint", default=os.environ.get("DYNAMODB_LOCAL_ENDPOINT"))
+    p.add_argument("--ddb-endpoint", default=os.environ.get("DYNAMODB_ENDPOINT"))
     p.add_argument("--java-classpath", default=os.environ.get("JAVA_PEER_CLASSPATH"))
     p.add_argument("--consume", required=True, help="our consume binary")
     p.add_argument("--produce", required=True, help="our produce binary")

@@ -1,11 +1,11 @@
 //! A multi-worker `kcl` run on kinesis-mock with its leases, leader lock and worker metrics in
-//! DynamoDB Local through `kcl-ddb-store`: three workers (each with stores of its own, as on
+//! the DynamoDB peer (moto's server, or DynamoDB Local) through `kcl-ddb-store`: three workers (each with stores of its own, as on
 //! three hosts) share a 4-shard stream and read every record; then, with the stream idle, the
 //! DynamoDB requests each table receives are counted over a window and checked against the
 //! renewal schedule — one conditional write per held lease per renewal interval, no more — and
 //! reported per lease per hour at the default settings.
 //!
-//! Needs `KINESIS_MOCK_ENDPOINT` and `DYNAMODB_LOCAL_ENDPOINT` (set by `scripts/test.sh`).
+//! Needs `KINESIS_MOCK_ENDPOINT` and `DYNAMODB_ENDPOINT` (set by `scripts/test.sh`).
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -22,8 +22,8 @@ const RECORDS: u64 = 2000;
 const KEYS: u64 = 100;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_workers_on_dynamodb_local_share_a_stream_and_renew_at_the_expected_cost() {
-    let (Some(kinesis_endpoint), Some(ddb_endpoint)) = (peer("KINESIS_MOCK_ENDPOINT"), peer("DYNAMODB_LOCAL_ENDPOINT"))
+async fn three_workers_on_dynamodb_share_a_stream_and_renew_at_the_expected_cost() {
+    let (Some(kinesis_endpoint), Some(ddb_endpoint)) = (peer("KINESIS_MOCK_ENDPOINT"), peer("DYNAMODB_ENDPOINT"))
     else {
         return;
     };

@@ -1,10 +1,10 @@
 //! End to end across processes and real peers: `produce` → kinesis-mock → three `consume`
-//! processes with their leases on DynamoDB Local. Midway a shard splits and one consumer is
+//! processes with their leases on the DynamoDB peer. Midway a shard splits and one consumer is
 //! killed with SIGKILL. Afterwards every record is accounted for from the consumers' `--out`
 //! files, order per key holds within each shard and across the lineage, and the failover time
 //! is reported.
 //!
-//! Needs `KINESIS_MOCK_ENDPOINT` and `DYNAMODB_LOCAL_ENDPOINT` (set by `scripts/test.sh`).
+//! Needs `KINESIS_MOCK_ENDPOINT` and `DYNAMODB_ENDPOINT` (set by `scripts/test.sh`).
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -56,7 +56,7 @@ fn dump_logs(consumers: &[Consumer], producer_log: &std::path::Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn produce_to_three_consume_processes_with_a_split_and_a_sigkill() {
-    let (Some(kinesis_endpoint), Some(ddb_endpoint)) = (peer("KINESIS_MOCK_ENDPOINT"), peer("DYNAMODB_LOCAL_ENDPOINT"))
+    let (Some(kinesis_endpoint), Some(ddb_endpoint)) = (peer("KINESIS_MOCK_ENDPOINT"), peer("DYNAMODB_ENDPOINT"))
     else {
         return;
     };

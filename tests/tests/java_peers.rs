@@ -1,4 +1,4 @@
-//! The real Java libraries as peers, across processes on kinesis-mock and DynamoDB Local: an
+//! The real Java libraries as peers, across processes on kinesis-mock and the DynamoDB peer: an
 //! application moves from the Java KCL 3.x to `kcl` and back again keeping its checkpoints, and
 //! each consumer reads the other side's producer (`kpl` → Java KCL, the Java KPL → `kcl`),
 //! aggregated, with a split midway or without one.
@@ -9,9 +9,9 @@
 //! consumer left in the lease table are read back: the second consumer must start exactly after
 //! them, sub-sequence numbers inside aggregates included.
 //!
-//! Needs `KINESIS_MOCK_ENDPOINT`, `KINESIS_MOCK_TLS_ENDPOINT`, `DYNAMODB_LOCAL_ENDPOINT` and
+//! Needs `KINESIS_MOCK_ENDPOINT`, `KINESIS_MOCK_TLS_ENDPOINT`, `DYNAMODB_ENDPOINT` and
 //! `JAVA_PEER_CLASSPATH` (set by `scripts/test.sh`). The tests run one at a time: each starts a
-//! Java virtual machine or two beside DynamoDB Local's, on two cores.
+//! Java virtual machine or two beside the DynamoDB peer, on two cores.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -31,7 +31,7 @@ const RATE: u64 = 300;
 /// The Java KCL's default failover time; `consume` uses the same lease duration.
 const LEASE_DURATION_MS: u64 = 10_000;
 
-/// One test at a time: two JVMs and DynamoDB Local's share two cores.
+/// One test at a time: two JVMs and the DynamoDB peer share two cores.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[derive(Clone)]
@@ -46,7 +46,7 @@ fn peers() -> Option<Peers> {
     Some(Peers {
         kinesis: peer("KINESIS_MOCK_ENDPOINT")?,
         kinesis_tls: peer("KINESIS_MOCK_TLS_ENDPOINT")?,
-        dynamodb: peer("DYNAMODB_LOCAL_ENDPOINT")?,
+        dynamodb: peer("DYNAMODB_ENDPOINT")?,
         java_classpath: peer("JAVA_PEER_CLASSPATH")?,
     })
 }

@@ -1,6 +1,6 @@
 //! The behaviour every store implementation must show, as async functions that panic on a
 //! deviation. The in-memory stores run them in `kcl/tests/store_conformance.rs`; `kcl-ddb-store`
-//! runs the same functions against DynamoDB Local. Use them to check your own implementation.
+//! runs the same functions against a DynamoDB peer (moto's server, DynamoDB Local). Use them to check your own implementation.
 //!
 //! Each function takes a store that starts empty.
 

@@ -7,7 +7,7 @@
 //! [`SchedulerConfig::store_call_timeout`](crate::SchedulerConfig::store_call_timeout) (default
 //! a quarter of the lease duration, and always shorter than a third of it). A call that does not
 //! answer in time fails with [`StoreError::TimedOut`]; a write abandoned so may still land later,
-//! which the write tokens let the writer recognise ([`Lease::shows_write`]).
+//! which the write tokens let the writer recognise ([`Lease::shows_write`](crate::Lease::shows_write)).
 
 use std::future::Future;
 use std::time::Duration;

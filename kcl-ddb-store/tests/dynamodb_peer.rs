@@ -1,5 +1,6 @@
 //! The store conformance suite (the same functions the in-memory stores pass) against the
-//! official DynamoDB Local, started by `scripts/test.sh`; plus table creation and schema checks.
+//! DynamoDB peer `scripts/test.sh` starts (moto's server by default, DynamoDB Local with
+//! `PEERS_DYNAMODB=local`); plus table creation and schema checks.
 
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -14,16 +15,16 @@ use kcl::lease::WriteToken;
 use kcl::store::{LeaseStore, conformance};
 use kcl_ddb_store::{DynamoDbStores, TableNames, TableOptions};
 
-/// A fresh application (fresh tables) on DynamoDB Local, or `None` to skip.
+/// A fresh application (fresh tables) on the DynamoDB peer, or `None` to skip.
 async fn stores(prefix: &str) -> Option<DynamoDbStores> {
-    let endpoint = match std::env::var("DYNAMODB_LOCAL_ENDPOINT") {
+    let endpoint = match std::env::var("DYNAMODB_ENDPOINT") {
         Ok(e) if !e.is_empty() => e,
         _ => {
             assert!(
                 std::env::var_os("KINESIS_TEST_REQUIRE_PEERS").is_none(),
-                "DYNAMODB_LOCAL_ENDPOINT is not set: run scripts/test.sh"
+                "DYNAMODB_ENDPOINT is not set: run scripts/test.sh"
             );
-            eprintln!("skipping: DYNAMODB_LOCAL_ENDPOINT is not set (scripts/test.sh starts DynamoDB Local)");
+            eprintln!("skipping: DYNAMODB_ENDPOINT is not set (scripts/test.sh starts a DynamoDB peer)");
             return None;
         }
     };
@@ -64,7 +65,7 @@ async fn concurrent_takers_exactly_one_wins() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn existing_tables_are_reused_and_a_foreign_schema_is_refused() {
     let Some(first) = stores("reuse").await else { return };
-    let endpoint = std::env::var("DYNAMODB_LOCAL_ENDPOINT").expect("set");
+    let endpoint = std::env::var("DYNAMODB_ENDPOINT").expect("set");
     // Building again over the same tables works (another worker starting).
     let again = DynamoDbStores::builder()
         .local(&endpoint)
@@ -101,9 +102,9 @@ async fn existing_tables_are_reused_and_a_foreign_schema_is_refused() {
     assert!(!err.is_retryable());
 }
 
-/// The SDK configuration for the DynamoDB Local of this run.
+/// The SDK configuration for the DynamoDB peer of this run.
 async fn local_sdk_config() -> aws_config::SdkConfig {
-    let endpoint = std::env::var("DYNAMODB_LOCAL_ENDPOINT").expect("set");
+    let endpoint = std::env::var("DYNAMODB_ENDPOINT").expect("set");
     aws_config::defaults(aws_config::BehaviorVersion::latest())
         .endpoint_url(endpoint)
         .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
@@ -112,7 +113,7 @@ async fn local_sdk_config() -> aws_config::SdkConfig {
         .await
 }
 
-/// A client of the same DynamoDB Local as `stores`, with `interceptor` on every request.
+/// A client of the same DynamoDB peer as `stores`, with `interceptor` on every request.
 async fn stores_with(stores: &DynamoDbStores, interceptor: impl Intercept + 'static) -> DynamoDbStores {
     let sdk = local_sdk_config().await;
     let config = aws_sdk_dynamodb::config::Builder::from(&sdk).interceptor(interceptor).build();
