@@ -17,6 +17,10 @@
 //! DynamoDB returned with the failure. Throttling and transient failures are retried with
 //! jittered exponential backoff; single-item writes are atomic, so nothing is half-written.
 //!
+//! [`cost`] estimates what a fleet's coordination costs in DynamoDB without DynamoDB: it wraps
+//! any store and charges each call with the requests these stores make for it, in requests and
+//! capacity units by DynamoDB's rules (the `coordination_cost` benchmark uses it).
+//!
 //! ```no_run
 //! # async fn example() -> Result<(), kcl::StoreError> {
 //! use kcl_ddb_store::DynamoDbStores;
@@ -26,6 +30,7 @@
 //! ```
 
 mod coordinator;
+pub mod cost;
 mod error;
 pub mod item;
 mod lease_store;

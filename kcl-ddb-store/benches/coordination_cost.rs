@@ -1,0 +1,375 @@
+//! What a fleet's coordination costs in DynamoDB per hour on an idle stream: requests and capacity
+//! units for the lease, coordinator-state and worker-metrics tables, for `kcl` as configured by
+//! default, next to the same figures computed for the Java KCL 3.x defaults.
+//!
+//! Ours is measured: N workers share S leases of an S-shard stream on the in-memory broker,
+//! through the in-memory stores wrapped in `kcl_ddb_store::cost::Metered` (every call charged
+//! with the DynamoDB requests `kcl-ddb-store` makes for it, items sized by DynamoDB's rules), on
+//! paused time. Once every lease is held (the start is not counted), a window of simulated time
+//! is counted and scaled to an hour.
+//!
+//! The Java KCL's is computed from its default timers (`reference/kcl.md` §c.1, §c.3, §f, from
+//! the KCL sources named there), with the same item sizes (the same schema):
+//!
+//! * lease table: one renewal `UpdateItem` per lease every 3.308 s (`failoverTimeMillis / 3 −
+//!   25 ms`); the leader's lease assignment scans the table every 20 s (counted eventually
+//!   consistent, the SDK's default); every worker queries the owner index every 9.975 s;
+//! * coordinator state: the leader's lock heartbeat every 30 s, each other worker's lock read
+//!   every 30 s;
+//! * worker metrics: each worker's report every 30 s; the leader reads the table at each
+//!   assignment run (20 s).
+//!
+//! Not counted on either side: shard syncs' and cleanups' reads, checkpoints (there are no
+//! records), table creation. The Java side is therefore a lower bound.
+//!
+//! With `COST_PEER=1` the same fleet runs in real time against the DynamoDB peer at
+//! `DYNAMODB_ENDPOINT` (`scripts/test.sh --exec` sets it) through `kcl-ddb-store`'s own stores,
+//! still metered; the requests the stores actually sent (their `StoreStats`, retries included)
+//! are printed beside the model's, per table, as a check of the model (default size 4/3, a 60 s
+//! window).
+//!
+//! Run: `cargo bench -p kinesis-kcl-ddb-store --bench coordination_cost` (sizes 4/3, 100/4,
+//! 1000/10; `COST_SIZES=100/4` picks some, `COST_WINDOW_SECS` sets the counted window, 600 s by
+//! default). Prints a table per size and one JSON line per size.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use kcl::processor::{ProcessRecordsInput, ShardEndedInput, ShardRecordProcessor};
+use kcl::store::memory::{MemoryCoordinatorStore, MemoryLeaseStore, MemoryWorkerMetricsStore};
+use kcl::store::{CoordinatorStore, LeaseStore, WorkerMetricsStore};
+use kcl::{CpuMetrics, InitialPosition, ProcessorError, Scheduler, SchedulerConfig, SchedulerHandle};
+use kcl_ddb_store::cost::{CostMeter, DynamoDbOperation, RequestCost};
+use kcl_ddb_store::{DynamoDbStores, StoreStats, StoreTable};
+use kinesis_core::broker::{BrokerConfig, MemoryBroker};
+use kinesis_core::{CreateStreamRequest, Kinesis, ShardId, StreamRef};
+
+const TABLES: [(StoreTable, &str); 3] = [
+    (StoreTable::Leases, "lease table"),
+    (StoreTable::CoordinatorState, "coordinator state"),
+    (StoreTable::WorkerMetrics, "worker metrics"),
+];
+
+struct Idle;
+
+#[async_trait]
+impl ShardRecordProcessor for Idle {
+    async fn process_records(&mut self, _input: ProcessRecordsInput<'_>) -> Result<(), ProcessorError> {
+        Ok(())
+    }
+
+    async fn shard_ended(&mut self, input: ShardEndedInput<'_>) -> Result<(), ProcessorError> {
+        Ok(input.checkpointer.checkpoint().await?)
+    }
+}
+
+/// One size's measurement: the fleet's cost per hour by table and operation, and the mean item
+/// sizes seen (for the Java figures).
+struct Measured {
+    per_hour: Vec<(StoreTable, DynamoDbOperation, RequestCost)>,
+    lease_item_bytes: u64,
+    metrics_item_bytes: u64,
+    lock_item_bytes: u64,
+    /// With the DynamoDB peer: the requests the stores sent per hour, per table (reads, writes).
+    sent_per_hour: Option<Vec<(StoreTable, f64, f64)>>,
+}
+
+/// Where the stores keep their items.
+enum Backend {
+    /// kcl's in-memory stores, on paused time.
+    Memory,
+    /// kcl-ddb-store's stores on a DynamoDB endpoint, in real time.
+    Peer(String),
+}
+
+type Stores = (Arc<dyn LeaseStore>, Arc<dyn CoordinatorStore>, Arc<dyn WorkerMetricsStore>);
+
+async fn stores(backend: &Backend, meter: &Arc<CostMeter>) -> Result<(Stores, Option<StoreStatsHandle>), String> {
+    match backend {
+        Backend::Memory => Ok((
+            (
+                Arc::new(meter.meter(MemoryLeaseStore::new())),
+                Arc::new(meter.meter(MemoryCoordinatorStore::new())),
+                Arc::new(meter.meter(MemoryWorkerMetricsStore::new())),
+            ),
+            None,
+        )),
+        Backend::Peer(endpoint) => {
+            let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+            let app = format!("cost-{}-{}", std::process::id(), nanos % 1_000_000_000);
+            let built = DynamoDbStores::builder().local(endpoint.clone()).await.application_name(app).build().await;
+            let stores = built.map_err(|e| format!("the DynamoDB peer at {endpoint}: {e}"))?;
+            Ok((
+                (
+                    Arc::new(meter.meter(stores.lease_store())),
+                    Arc::new(meter.meter(stores.coordinator_store())),
+                    Arc::new(meter.meter(stores.worker_metrics_store())),
+                ),
+                Some(StoreStatsHandle(stores)),
+            ))
+        }
+    }
+}
+
+/// The peer's stores, kept for their request counters.
+struct StoreStatsHandle(DynamoDbStores);
+
+impl StoreStatsHandle {
+    fn stats(&self) -> &StoreStats {
+        self.0.stats()
+    }
+
+    fn counts(&self) -> Vec<(StoreTable, u64, u64)> {
+        TABLES.iter().map(|(t, _)| (*t, self.stats().table_reads(*t), self.stats().table_writes(*t))).collect()
+    }
+}
+
+async fn measure(leases: u32, workers: usize, window: Duration, backend: &Backend) -> Result<Measured, String> {
+    let broker = MemoryBroker::with_config(BrokerConfig::default().without_throttling());
+    broker.create_stream(CreateStreamRequest::provisioned("cost", leases)).await.map_err(|e| e.to_string())?;
+    let stream = StreamRef::from("cost");
+    let meter = CostMeter::new();
+    let ((lease_store, coordinator_store, metrics_store), peer) = stores(backend, &meter).await?;
+    let mut handles: Vec<SchedulerHandle> = Vec::new();
+    for i in 0..workers {
+        let handle = Scheduler::builder("cost-app", stream.clone(), Arc::new(broker.clone()))
+            .worker_id(format!("worker-{i}"))
+            .initial_position(InitialPosition::TrimHorizon)
+            .lease_store(lease_store.clone())
+            .coordinator_store(coordinator_store.clone())
+            .worker_metrics_store(metrics_store.clone())
+            .config(SchedulerConfig::default().with_cpu_metrics(CpuMetrics::Disabled))
+            .processor_factory(|_: &ShardId| Idle)
+            .build()
+            .map_err(|e| e.to_string())?
+            .start();
+        handles.push(handle);
+    }
+
+    // The start: until every lease is held and has stayed so for a while.
+    let mut settled_for = Duration::ZERO;
+    let mut waited = Duration::ZERO;
+    let step = Duration::from_secs(1);
+    while settled_for < Duration::from_secs(30) {
+        tokio::time::sleep(step).await;
+        waited += step;
+        let held: usize = handles.iter().map(|h| h.state().shards.len()).sum();
+        settled_for = if held == leases as usize { settled_for + step } else { Duration::ZERO };
+        if waited > Duration::from_secs(600) {
+            return Err(format!("only {held} of {leases} leases held after {} s", waited.as_secs()));
+        }
+    }
+
+    meter.reset();
+    let sent_before = peer.as_ref().map(StoreStatsHandle::counts);
+    tokio::time::sleep(window).await;
+    let factor = 3600.0 / window.as_secs_f64();
+    let snapshot = meter.snapshot();
+    let sent_per_hour = peer.as_ref().zip(sent_before).map(|(peer, before)| {
+        peer.counts()
+            .into_iter()
+            .zip(before)
+            .map(|((table, reads, writes), (_, reads_before, writes_before))| {
+                (table, (reads - reads_before) as f64 * factor, (writes - writes_before) as f64 * factor)
+            })
+            .collect()
+    });
+    for handle in handles {
+        handle.kill().await;
+    }
+
+    let mean = |table: StoreTable, operation: DynamoDbOperation| {
+        snapshot
+            .iter()
+            .find(|(t, o, _)| *t == table && *o == operation)
+            .map_or(0, |(_, _, cost)| cost.bytes / cost.items.max(1))
+    };
+    Ok(Measured {
+        per_hour: snapshot.iter().map(|(t, o, cost)| (*t, *o, cost.scaled(factor))).collect(),
+        lease_item_bytes: mean(StoreTable::Leases, DynamoDbOperation::Scan),
+        metrics_item_bytes: mean(StoreTable::WorkerMetrics, DynamoDbOperation::PutItem),
+        lock_item_bytes: mean(StoreTable::CoordinatorState, DynamoDbOperation::UpdateItem),
+        sent_per_hour,
+    })
+}
+
+/// Requests and units per hour of `count` requests each of `bytes`, rounded as DynamoDB does.
+fn java_line(requests_per_hour: f64, write: bool, units_per_request: f64) -> RequestCost {
+    RequestCost {
+        requests: requests_per_hour.round() as u64,
+        items: 0,
+        bytes: 0,
+        read_units: if write { 0.0 } else { requests_per_hour * units_per_request },
+        write_units: if write { requests_per_hour * units_per_request } else { 0.0 },
+    }
+}
+
+/// The Java KCL 3.x defaults' cost per hour (see the file's documentation for the sources).
+fn java_kcl(leases: u32, workers: usize, measured: &Measured) -> Vec<(StoreTable, DynamoDbOperation, RequestCost)> {
+    let (s, w) = (f64::from(leases), workers as f64);
+    let write_units = |bytes: u64| bytes.div_ceil(1024).max(1) as f64;
+    let scan_pages = |total: u64| total.div_ceil(1024 * 1024).max(1) as f64;
+    let scan_units = |total: u64, consistent: bool| {
+        let units = total.div_ceil(4096).max(1) as f64;
+        if consistent { units } else { units / 2.0 }
+    };
+    let lease_table_bytes = u64::from(leases) * measured.lease_item_bytes;
+    let metrics_table_bytes = workers as u64 * measured.metrics_item_bytes;
+    let per_worker_keys = (s / w).ceil() as u64 * 60; // an index entry: two key attributes, ~60 bytes
+    let assignment_runs = 3600.0 / 20.0;
+    vec![
+        (StoreTable::Leases, DynamoDbOperation::UpdateItem, {
+            java_line(s * 3600.0 / 3.308, true, write_units(measured.lease_item_bytes))
+        }),
+        (StoreTable::Leases, DynamoDbOperation::Scan, {
+            let pages = scan_pages(lease_table_bytes);
+            let mut line = java_line(assignment_runs * pages, false, 0.0);
+            line.read_units = assignment_runs * scan_units(lease_table_bytes, false);
+            line
+        }),
+        (StoreTable::Leases, DynamoDbOperation::Query, {
+            java_line(w * 3600.0 / 9.975, false, scan_units(per_worker_keys, false))
+        }),
+        (StoreTable::CoordinatorState, DynamoDbOperation::UpdateItem, {
+            java_line(3600.0 / 30.0, true, write_units(measured.lock_item_bytes))
+        }),
+        (StoreTable::CoordinatorState, DynamoDbOperation::GetItem, {
+            java_line((w - 1.0) * 3600.0 / 30.0, false, 1.0)
+        }),
+        (StoreTable::WorkerMetrics, DynamoDbOperation::UpdateItem, {
+            java_line(w * 3600.0 / 30.0, true, write_units(measured.metrics_item_bytes))
+        }),
+        (StoreTable::WorkerMetrics, DynamoDbOperation::Scan, {
+            let mut line = java_line(assignment_runs * scan_pages(metrics_table_bytes), false, 0.0);
+            line.read_units = assignment_runs * scan_units(metrics_table_bytes, false);
+            line
+        }),
+    ]
+}
+
+fn totals(lines: &[(StoreTable, DynamoDbOperation, RequestCost)], table: Option<StoreTable>) -> (u64, u64, f64, f64) {
+    let mut reads = 0;
+    let mut writes = 0;
+    let (mut rcu, mut wcu) = (0.0, 0.0);
+    for (_, operation, cost) in lines.iter().filter(|(t, _, _)| table.is_none_or(|wanted| *t == wanted)) {
+        match operation {
+            DynamoDbOperation::GetItem | DynamoDbOperation::Query | DynamoDbOperation::Scan => reads += cost.requests,
+            _ => writes += cost.requests,
+        }
+        rcu += cost.read_units;
+        wcu += cost.write_units;
+    }
+    (reads, writes, rcu, wcu)
+}
+
+fn print_size(leases: u32, workers: usize, ours: &Measured, java: &[(StoreTable, DynamoDbOperation, RequestCost)]) {
+    println!("\n{leases} leases, {workers} workers, idle stream: per hour");
+    println!("| table | operation | ours: requests | RCU | WCU | Java KCL 3.x: requests | RCU | WCU |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|");
+    let mut keys: Vec<(StoreTable, DynamoDbOperation)> =
+        ours.per_hour.iter().chain(java.iter()).map(|(t, o, _)| (*t, *o)).collect();
+    keys.sort_by_key(|(t, o)| (TABLES.iter().position(|(table, _)| table == t), *o));
+    keys.dedup();
+    let find = |lines: &[(StoreTable, DynamoDbOperation, RequestCost)], t: StoreTable, o: DynamoDbOperation| {
+        lines.iter().find(|(lt, lo, _)| *lt == t && *lo == o).map(|(_, _, c)| *c).unwrap_or_default()
+    };
+    for (table, operation) in keys {
+        let name = TABLES.iter().find(|(t, _)| *t == table).map_or("?", |(_, n)| n);
+        let (a, b) = (find(&ours.per_hour, table, operation), find(java, table, operation));
+        println!(
+            "| {name} | {} | {} | {:.0} | {:.0} | {} | {:.0} | {:.0} |",
+            operation.name(),
+            a.requests,
+            a.read_units,
+            a.write_units,
+            b.requests,
+            b.read_units,
+            b.write_units
+        );
+    }
+    for (table, name) in TABLES.iter().map(|(t, n)| (Some(*t), *n)).chain([(None, "all tables")]) {
+        let (ours_reads, ours_writes, ours_rcu, ours_wcu) = totals(&ours.per_hour, table);
+        let (java_reads, java_writes, java_rcu, java_wcu) = totals(java, table);
+        println!(
+            "| **{name}** | reads / writes | {ours_reads} / {ours_writes} | {ours_rcu:.0} | {ours_wcu:.0} | {java_reads} / {java_writes} | {java_rcu:.0} | {java_wcu:.0} |"
+        );
+    }
+    if let Some(sent) = &ours.sent_per_hour {
+        println!(
+            "\nsent to the DynamoDB peer (the stores' own counters, retries included) beside the model, per hour:"
+        );
+        println!("| table | sent: reads / writes | model: reads / writes |");
+        println!("|---|---:|---:|");
+        for (table, reads, writes) in sent {
+            let name = TABLES.iter().find(|(t, _)| t == table).map_or("?", |(_, n)| n);
+            let (model_reads, model_writes, _, _) = totals(&ours.per_hour, Some(*table));
+            println!("| {name} | {reads:.0} / {writes:.0} | {model_reads} / {model_writes} |");
+        }
+    }
+    let (ours_reads, ours_writes, ours_rcu, ours_wcu) = totals(&ours.per_hour, None);
+    let (java_reads, java_writes, java_rcu, java_wcu) = totals(java, None);
+    println!(
+        "{{\"leases\": {leases}, \"workers\": {workers}, \"ours\": {{\"reads_per_hour\": {ours_reads}, \"writes_per_hour\": {ours_writes}, \"rcu_per_hour\": {ours_rcu:.0}, \"wcu_per_hour\": {ours_wcu:.0}}}, \"java_kcl\": {{\"reads_per_hour\": {java_reads}, \"writes_per_hour\": {java_writes}, \"rcu_per_hour\": {java_rcu:.0}, \"wcu_per_hour\": {java_wcu:.0}}}, \"lease_item_bytes\": {}, \"metrics_item_bytes\": {}, \"lock_item_bytes\": {}}}",
+        ours.lease_item_bytes, ours.metrics_item_bytes, ours.lock_item_bytes
+    );
+}
+
+fn sizes(peer: bool) -> Vec<(u32, usize)> {
+    let default = if peer { vec![(4, 3)] } else { vec![(4, 3), (100, 4), (1000, 10)] };
+    let Ok(text) = std::env::var("COST_SIZES") else { return default };
+    let parsed: Option<Vec<(u32, usize)>> = text
+        .split(',')
+        .map(|pair| {
+            let (leases, workers) = pair.trim().split_once('/')?;
+            Some((leases.parse().ok()?, workers.parse().ok()?))
+        })
+        .collect();
+    match parsed {
+        Some(sizes) if !sizes.is_empty() && sizes.iter().all(|&(l, w)| (1..=1000).contains(&l) && w > 0) => sizes,
+        _ => {
+            eprintln!("coordination_cost: COST_SIZES is leases/workers pairs (1 to 1000 leases), e.g. 100/4,1000/10");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn main() {
+    let backend = match std::env::var("COST_PEER").ok().filter(|v| !v.is_empty() && v != "0") {
+        None => Backend::Memory,
+        Some(_) => match std::env::var("DYNAMODB_ENDPOINT") {
+            Ok(endpoint) if !endpoint.is_empty() => Backend::Peer(endpoint),
+            _ => {
+                eprintln!("coordination_cost: COST_PEER needs DYNAMODB_ENDPOINT (run it under scripts/test.sh --exec)");
+                std::process::exit(2);
+            }
+        },
+    };
+    let peer = matches!(backend, Backend::Peer(_));
+    let default_window = if peer { 60 } else { 600 };
+    let window = std::env::var("COST_WINDOW_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(default_window);
+    let window = Duration::from_secs(window);
+    for (leases, workers) in sizes(peer) {
+        let mut builder = tokio::runtime::Builder::new_current_thread();
+        builder.enable_all().start_paused(!peer);
+        let runtime = match builder.build() {
+            Ok(runtime) => runtime,
+            Err(e) => {
+                eprintln!("coordination_cost: cannot start a runtime: {e}");
+                std::process::exit(1);
+            }
+        };
+        let started = std::time::Instant::now();
+        match runtime.block_on(measure(leases, workers, window, &backend)) {
+            Ok(ours) => {
+                let java = java_kcl(leases, workers, &ours);
+                print_size(leases, workers, &ours, &java);
+                eprintln!("coordination_cost: {leases}/{workers} took {:.1} s", started.elapsed().as_secs_f64());
+            }
+            Err(e) => {
+                eprintln!("coordination_cost: {leases} leases, {workers} workers: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
+}

@@ -1,0 +1,555 @@
+//! What coordination costs in DynamoDB, estimated without DynamoDB: [`Metered`] wraps any of
+//! `kcl`'s stores (in a benchmark, the in-memory ones on paused time) and charges every call
+//! with the DynamoDB requests this crate's stores make for it, by table and operation: requests,
+//! items, bytes, and the read and write capacity units they consume.
+//!
+//! The rules (Amazon DynamoDB Developer Guide, "DynamoDB item sizes and formats" and "Read and
+//! write capacity" / `CapacityUnitCalculations.html`, `read-write-operations.html`):
+//!
+//! * An item's size is the sum of its attribute names' and values' sizes: a string its UTF-8
+//!   bytes, a number 1 byte per two significant digits plus 1, a binary its raw bytes, a boolean
+//!   or null 1 byte, a list or map 3 bytes plus its elements plus 1 byte per element; sets the
+//!   sum of their members ([`item_size`]).
+//! * A write consumes 1 write unit per started KiB of the larger of the item before and after;
+//!   a write whose condition fails consumes the same. A change of the indexed attribute
+//!   (`leaseOwner`) also writes the owner index: 1 unit to remove the old entry, 1 to add the
+//!   new one.
+//! * A consistent `GetItem` consumes 1 read unit per started 4 KiB of the item (an absent item
+//!   still 1); a consistent `Scan` page 1 unit per started 4 KiB of the items it read; a `Query`
+//!   on the owner index (eventually consistent, as every index read is) half a unit per started
+//!   4 KiB of the projected keys. Pages end at 1 MB.
+//!
+//! The mapping from calls to requests is this crate's: consistent reads for the leader's scans
+//! and lease reads, `UpdateItem` for every change of a lease or the lock, `PutItem` for new
+//! leases, lock acquisitions and metrics rows. Internal retries after throttling are not
+//! charged (the in-memory stores do not throttle).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::types::AttributeValue;
+use kcl::Lease;
+use kcl::lease::WriteToken;
+use kcl::store::{CoordinatorStore, LeaseStore, LockItem, StoreError, WorkerMetrics, WorkerMetricsStore};
+
+use crate::StoreTable;
+use crate::item::{Item, lease_attr, lease_to_item, lock_to_item, metrics_to_item};
+
+/// The most a `Scan` or `Query` page reads before it ends.
+const PAGE_BYTES: u64 = 1024 * 1024;
+/// A read unit covers this many bytes.
+const READ_UNIT_BYTES: u64 = 4 * 1024;
+/// A write unit covers this many bytes.
+const WRITE_UNIT_BYTES: u64 = 1024;
+
+/// The DynamoDB requests the stores make.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DynamoDbOperation {
+    /// A consistent single-item read.
+    GetItem,
+    /// A whole-item write (new lease, lock acquisition, metrics row).
+    PutItem,
+    /// A conditional change of some attributes.
+    UpdateItem,
+    /// A conditional delete.
+    DeleteItem,
+    /// A page of the owner index.
+    Query,
+    /// A page of a whole table.
+    Scan,
+}
+
+impl DynamoDbOperation {
+    /// The API name.
+    pub fn name(self) -> &'static str {
+        match self {
+            DynamoDbOperation::GetItem => "GetItem",
+            DynamoDbOperation::PutItem => "PutItem",
+            DynamoDbOperation::UpdateItem => "UpdateItem",
+            DynamoDbOperation::DeleteItem => "DeleteItem",
+            DynamoDbOperation::Query => "Query",
+            DynamoDbOperation::Scan => "Scan",
+        }
+    }
+}
+
+/// What one kind of request to one table added up to.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct RequestCost {
+    /// Requests (pages, for `Scan` and `Query`).
+    pub requests: u64,
+    /// Items read or written.
+    pub items: u64,
+    /// Bytes of those items, by DynamoDB's size rules.
+    pub bytes: u64,
+    /// Read capacity units consumed.
+    pub read_units: f64,
+    /// Write capacity units consumed, the owner index's included.
+    pub write_units: f64,
+}
+
+impl RequestCost {
+    fn add(&mut self, other: RequestCost) {
+        self.requests += other.requests;
+        self.items += other.items;
+        self.bytes += other.bytes;
+        self.read_units += other.read_units;
+        self.write_units += other.write_units;
+    }
+
+    /// This cost scaled by `factor` (for example to an hour from a shorter run).
+    pub fn scaled(&self, factor: f64) -> RequestCost {
+        let scale = |n: u64| (n as f64 * factor).round() as u64;
+        RequestCost {
+            requests: scale(self.requests),
+            items: scale(self.items),
+            bytes: scale(self.bytes),
+            read_units: self.read_units * factor,
+            write_units: self.write_units * factor,
+        }
+    }
+}
+
+/// The running bill: one [`RequestCost`] per table and operation. Shared by the [`Metered`]
+/// stores of a fleet; [`reset`](CostMeter::reset) starts a new measurement window.
+#[derive(Debug, Default)]
+pub struct CostMeter {
+    costs: Mutex<BTreeMap<(TableKey, DynamoDbOperation), RequestCost>>,
+}
+
+/// `StoreTable` in a sortable form.
+type TableKey = u8;
+
+fn table_key(table: StoreTable) -> TableKey {
+    match table {
+        StoreTable::Leases => 0,
+        StoreTable::CoordinatorState => 1,
+        StoreTable::WorkerMetrics => 2,
+    }
+}
+
+fn table_of(key: TableKey) -> StoreTable {
+    match key {
+        0 => StoreTable::Leases,
+        1 => StoreTable::CoordinatorState,
+        _ => StoreTable::WorkerMetrics,
+    }
+}
+
+impl CostMeter {
+    /// A meter with nothing charged.
+    pub fn new() -> Arc<CostMeter> {
+        Arc::new(CostMeter::default())
+    }
+
+    fn charge(&self, table: StoreTable, operation: DynamoDbOperation, cost: RequestCost) {
+        let mut costs = self.costs.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        costs.entry((table_key(table), operation)).or_default().add(cost);
+    }
+
+    /// Forgets everything charged so far.
+    pub fn reset(&self) {
+        self.costs.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clear();
+    }
+
+    /// Everything charged since the start or the last reset, by table and operation.
+    pub fn snapshot(&self) -> Vec<(StoreTable, DynamoDbOperation, RequestCost)> {
+        let costs = self.costs.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        costs.iter().map(|(&(table, operation), &cost)| (table_of(table), operation, cost)).collect()
+    }
+
+    /// The sum over one table's operations.
+    pub fn table_total(&self, table: StoreTable) -> RequestCost {
+        let mut total = RequestCost::default();
+        for (_, _, cost) in self.snapshot().into_iter().filter(|(t, _, _)| *t == table) {
+            total.add(cost);
+        }
+        total
+    }
+
+    /// Wraps a store so that its calls are charged to this meter.
+    pub fn meter<S>(self: &Arc<Self>, store: S) -> Metered<S> {
+        Metered { inner: store, meter: self.clone() }
+    }
+}
+
+/// The size of a DynamoDB attribute value by the service's rules (without its name).
+pub fn value_size(value: &AttributeValue) -> u64 {
+    match value {
+        AttributeValue::S(text) => text.len() as u64,
+        AttributeValue::N(number) => number_size(number),
+        AttributeValue::B(blob) => blob.as_ref().len() as u64,
+        AttributeValue::Bool(_) | AttributeValue::Null(_) => 1,
+        AttributeValue::Ss(texts) => texts.iter().map(|t| t.len() as u64).sum(),
+        AttributeValue::Ns(numbers) => numbers.iter().map(|n| number_size(n)).sum(),
+        AttributeValue::Bs(blobs) => blobs.iter().map(|b| b.as_ref().len() as u64).sum(),
+        AttributeValue::L(values) => 3 + values.iter().map(|v| value_size(v) + 1).sum::<u64>(),
+        AttributeValue::M(map) => 3 + map.iter().map(|(name, v)| name.len() as u64 + value_size(v) + 1).sum::<u64>(),
+        // A type this crate never writes: counted as its debug text, an overestimate.
+        other => format!("{other:?}").len() as u64,
+    }
+}
+
+/// 1 byte per two significant digits, plus 1.
+fn number_size(number: &str) -> u64 {
+    let digits: String = number.chars().take_while(|c| *c != 'e' && *c != 'E').filter(char::is_ascii_digit).collect();
+    let significant = digits.trim_start_matches('0').trim_end_matches('0').len().max(1) as u64;
+    significant.div_ceil(2) + 1
+}
+
+/// The size of an item by DynamoDB's rules: its attribute names and values.
+pub fn item_size(item: &Item) -> u64 {
+    item.iter().map(|(name, value)| name.len() as u64 + value_size(value)).sum()
+}
+
+fn write_units(bytes: u64) -> f64 {
+    bytes.div_ceil(WRITE_UNIT_BYTES).max(1) as f64
+}
+
+fn read_units(bytes: u64, consistent: bool) -> f64 {
+    let units = bytes.div_ceil(READ_UNIT_BYTES).max(1) as f64;
+    if consistent { units } else { units / 2.0 }
+}
+
+/// A write of an item of `before` bytes (0: new) that leaves `after` bytes, with the owner index
+/// entries it removes and adds.
+fn write_cost(before: u64, after: u64, index_writes: u64) -> RequestCost {
+    RequestCost {
+        requests: 1,
+        items: 1,
+        bytes: after.max(before),
+        read_units: 0.0,
+        write_units: write_units(after.max(before)) + index_writes as f64,
+    }
+}
+
+/// A consistent read of one item of `size` bytes (0: absent).
+fn get_item_cost(size: u64) -> RequestCost {
+    RequestCost {
+        requests: 1,
+        items: u64::from(size > 0),
+        bytes: size,
+        read_units: read_units(size, true),
+        write_units: 0.0,
+    }
+}
+
+/// Reads of `sizes` in pages of at most 1 MB.
+fn paged_read_cost(sizes: impl IntoIterator<Item = u64>, consistent: bool) -> RequestCost {
+    let mut total = RequestCost::default();
+    let mut page = RequestCost::default();
+    let close = |page: &mut RequestCost, total: &mut RequestCost| {
+        page.requests = 1;
+        page.read_units = read_units(page.bytes, consistent);
+        total.add(std::mem::take(page));
+    };
+    for size in sizes {
+        if page.bytes > 0 && page.bytes + size > PAGE_BYTES {
+            close(&mut page, &mut total);
+        }
+        page.items += 1;
+        page.bytes += size;
+    }
+    // The last page, or the only one of an empty table (a scan still reads a page).
+    close(&mut page, &mut total);
+    total
+}
+
+fn lease_size(lease: &Lease) -> u64 {
+    item_size(&lease_to_item(lease))
+}
+
+/// Owner index entries a change of owner rewrites: 1 to remove the old, 1 to add the new.
+fn index_writes(before: Option<&str>, after: Option<&str>) -> u64 {
+    if before == after { 0 } else { u64::from(before.is_some()) + u64::from(after.is_some()) }
+}
+
+/// A store whose calls are charged to a [`CostMeter`]; see the [module](self) for the rules.
+#[derive(Clone, Debug)]
+pub struct Metered<S> {
+    inner: S,
+    meter: Arc<CostMeter>,
+}
+
+impl<S> Metered<S> {
+    /// Charges a lease write from `expected` to what the call answered (the written lease, or on
+    /// a lost condition the lease as it is now).
+    fn charge_lease_update(&self, expected: &Lease, result: &Result<Lease, StoreError>) {
+        let before = lease_size(expected);
+        let (after, owner_after) = match result {
+            Ok(written) => (lease_size(written), written.lease_owner.as_deref()),
+            Err(StoreError::LeaseLost { current: Some(current), .. }) => (lease_size(current), None),
+            Err(_) => (before, expected.lease_owner.as_deref()),
+        };
+        let index = match result {
+            Ok(_) => index_writes(expected.lease_owner.as_deref(), owner_after),
+            Err(_) => 0,
+        };
+        self.meter.charge(StoreTable::Leases, DynamoDbOperation::UpdateItem, write_cost(before, after, index));
+    }
+}
+
+#[async_trait]
+impl<S: LeaseStore> LeaseStore for Metered<S> {
+    async fn create_lease_if_not_exists(&self, lease: &Lease) -> Result<bool, StoreError> {
+        let result = self.inner.create_lease_if_not_exists(lease).await;
+        let created = matches!(result, Ok(true));
+        let index = u64::from(created && lease.lease_owner.is_some());
+        let cost = write_cost(0, lease_size(lease), index);
+        self.meter.charge(StoreTable::Leases, DynamoDbOperation::PutItem, cost);
+        result
+    }
+
+    async fn get_lease(&self, lease_key: &str) -> Result<Option<Lease>, StoreError> {
+        let result = self.inner.get_lease(lease_key).await;
+        let size = result.as_ref().ok().and_then(Option::as_ref).map_or(0, lease_size);
+        self.meter.charge(StoreTable::Leases, DynamoDbOperation::GetItem, get_item_cost(size));
+        result
+    }
+
+    async fn list_leases(&self) -> Result<Vec<Lease>, StoreError> {
+        let result = self.inner.list_leases().await;
+        let sizes: Vec<u64> = result.as_ref().map(|leases| leases.iter().map(lease_size).collect()).unwrap_or_default();
+        self.meter.charge(StoreTable::Leases, DynamoDbOperation::Scan, paged_read_cost(sizes, true));
+        result
+    }
+
+    async fn list_lease_keys_owned_by(&self, owner: &str) -> Result<Vec<String>, StoreError> {
+        let result = self.inner.list_lease_keys_owned_by(owner).await;
+        // The index projects its keys only: leaseOwner and leaseKey.
+        let entry = |key: &String| {
+            (lease_attr::LEASE_OWNER.len() + owner.len() + lease_attr::LEASE_KEY.len() + key.len()) as u64
+        };
+        let sizes: Vec<u64> = result.as_ref().map(|keys| keys.iter().map(entry).collect()).unwrap_or_default();
+        self.meter.charge(StoreTable::Leases, DynamoDbOperation::Query, paged_read_cost(sizes, false));
+        result
+    }
+
+    async fn renew_lease(
+        &self,
+        expected: &Lease,
+        throughput_kbps: Option<f64>,
+        token: &WriteToken,
+    ) -> Result<Lease, StoreError> {
+        let result = self.inner.renew_lease(expected, throughput_kbps, token).await;
+        self.charge_lease_update(expected, &result);
+        result
+    }
+
+    async fn take_lease(&self, expected: &Lease, new_owner: &str, token: &WriteToken) -> Result<Lease, StoreError> {
+        let result = self.inner.take_lease(expected, new_owner, token).await;
+        self.charge_lease_update(expected, &result);
+        result
+    }
+
+    async fn assign_lease(&self, expected: &Lease, new_owner: &str, token: &WriteToken) -> Result<Lease, StoreError> {
+        let result = self.inner.assign_lease(expected, new_owner, token).await;
+        self.charge_lease_update(expected, &result);
+        result
+    }
+
+    async fn initiate_handoff(
+        &self,
+        expected: &Lease,
+        next_owner: &str,
+        token: &WriteToken,
+    ) -> Result<Lease, StoreError> {
+        let result = self.inner.initiate_handoff(expected, next_owner, token).await;
+        self.charge_lease_update(expected, &result);
+        result
+    }
+
+    async fn evict_lease(&self, expected: &Lease, token: &WriteToken) -> Result<Lease, StoreError> {
+        let result = self.inner.evict_lease(expected, token).await;
+        self.charge_lease_update(expected, &result);
+        result
+    }
+
+    async fn update_lease(&self, updated: &Lease, token: &WriteToken) -> Result<Lease, StoreError> {
+        let result = self.inner.update_lease(updated, token).await;
+        self.charge_lease_update(updated, &result);
+        result
+    }
+
+    async fn update_lease_meta(&self, lease: &Lease) -> Result<(), StoreError> {
+        let result = self.inner.update_lease_meta(lease).await;
+        let size = lease_size(lease);
+        self.meter.charge(StoreTable::Leases, DynamoDbOperation::UpdateItem, write_cost(size, size, 0));
+        result
+    }
+
+    async fn delete_lease(&self, lease_key: &str) -> Result<(), StoreError> {
+        // The size of what is deleted: read from the wrapped store, not charged.
+        let existing = self.inner.get_lease(lease_key).await.ok().flatten();
+        let result = self.inner.delete_lease(lease_key).await;
+        let size = existing.as_ref().map_or(0, lease_size);
+        let index = u64::from(existing.as_ref().is_some_and(|lease| lease.lease_owner.is_some()));
+        self.meter.charge(StoreTable::Leases, DynamoDbOperation::DeleteItem, write_cost(size, 0, index));
+        result
+    }
+}
+
+#[async_trait]
+impl<S: CoordinatorStore> CoordinatorStore for Metered<S> {
+    async fn get_lock(&self, key: &str) -> Result<Option<LockItem>, StoreError> {
+        let result = self.inner.get_lock(key).await;
+        let size = result.as_ref().ok().and_then(Option::as_ref).map_or(0, |lock| item_size(&lock_to_item(lock)));
+        self.meter.charge(StoreTable::CoordinatorState, DynamoDbOperation::GetItem, get_item_cost(size));
+        result
+    }
+
+    async fn acquire_lock(
+        &self,
+        key: &str,
+        owner: &str,
+        lease_duration: Duration,
+        expected: Option<&LockItem>,
+    ) -> Result<LockItem, StoreError> {
+        let result = self.inner.acquire_lock(key, owner, lease_duration, expected).await;
+        let size = match (&result, expected) {
+            (Ok(lock), _) => item_size(&lock_to_item(lock)),
+            (Err(_), Some(lock)) => item_size(&lock_to_item(lock)),
+            (Err(_), None) => 0,
+        };
+        self.meter.charge(StoreTable::CoordinatorState, DynamoDbOperation::PutItem, write_cost(0, size, 0));
+        result
+    }
+
+    async fn heartbeat_lock(&self, held: &LockItem) -> Result<LockItem, StoreError> {
+        let result = self.inner.heartbeat_lock(held).await;
+        let before = item_size(&lock_to_item(held));
+        let after = result.as_ref().map_or(before, |lock| item_size(&lock_to_item(lock)));
+        self.meter.charge(StoreTable::CoordinatorState, DynamoDbOperation::UpdateItem, write_cost(before, after, 0));
+        result
+    }
+
+    async fn release_lock(&self, held: &LockItem) -> Result<(), StoreError> {
+        let result = self.inner.release_lock(held).await;
+        let size = item_size(&lock_to_item(held));
+        self.meter.charge(StoreTable::CoordinatorState, DynamoDbOperation::DeleteItem, write_cost(size, 0, 0));
+        result
+    }
+}
+
+#[async_trait]
+impl<S: WorkerMetricsStore> WorkerMetricsStore for Metered<S> {
+    async fn put_worker_metrics(&self, metrics: &WorkerMetrics) -> Result<(), StoreError> {
+        let result = self.inner.put_worker_metrics(metrics).await;
+        let size = item_size(&metrics_to_item(metrics));
+        // The row it replaces is the same worker's previous report, of about the same size.
+        self.meter.charge(StoreTable::WorkerMetrics, DynamoDbOperation::PutItem, write_cost(size, size, 0));
+        result
+    }
+
+    async fn list_worker_metrics(&self) -> Result<Vec<WorkerMetrics>, StoreError> {
+        let result = self.inner.list_worker_metrics().await;
+        let sizes: Vec<u64> = result
+            .as_ref()
+            .map(|rows| rows.iter().map(|row| item_size(&metrics_to_item(row))).collect())
+            .unwrap_or_default();
+        self.meter.charge(StoreTable::WorkerMetrics, DynamoDbOperation::Scan, paged_read_cost(sizes, true));
+        result
+    }
+
+    async fn delete_worker_metrics(&self, worker_id: &str, expected_last_update_secs: u64) -> Result<(), StoreError> {
+        let result = self.inner.delete_worker_metrics(worker_id, expected_last_update_secs).await;
+        self.meter.charge(StoreTable::WorkerMetrics, DynamoDbOperation::DeleteItem, write_cost(0, 0, 0));
+        result
+    }
+}
+
+impl fmt::Display for RequestCost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} requests, {} items, {} bytes, {:.1} RCU, {:.1} WCU",
+            self.requests, self.items, self.bytes, self.read_units, self.write_units
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kcl::store::memory::MemoryLeaseStore;
+    use kinesis_core::ExtendedSequenceNumber;
+
+    use super::*;
+
+    fn charged(meter: &CostMeter, operation: DynamoDbOperation) -> RequestCost {
+        meter.snapshot().into_iter().find(|(_, o, _)| *o == operation).map(|(_, _, cost)| cost).unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn each_call_is_charged_with_the_requests_the_dynamodb_store_makes() {
+        let meter = CostMeter::new();
+        let store = meter.meter(MemoryLeaseStore::new());
+        let lease = Lease::new("shardId-000000000001", ExtendedSequenceNumber::TrimHorizon);
+        assert!(store.create_lease_if_not_exists(&lease).await.expect("create"));
+        let size = lease_size(&lease);
+        assert_eq!(charged(&meter, DynamoDbOperation::PutItem).bytes, size);
+        assert_eq!(charged(&meter, DynamoDbOperation::PutItem).write_units, 1.0, "an unowned lease: no index entry");
+
+        let taken = store.take_lease(&lease, "worker-1", &WriteToken::new()).await.expect("take");
+        assert_eq!(charged(&meter, DynamoDbOperation::UpdateItem).write_units, 2.0, "the item and a new index entry");
+        let renewed = store.renew_lease(&taken, None, &WriteToken::new()).await.expect("renew");
+        let updates = charged(&meter, DynamoDbOperation::UpdateItem);
+        assert_eq!((updates.requests, updates.write_units), (2, 3.0), "a renewal writes the item only");
+        // A stale renewal loses its condition and still costs a write.
+        assert!(store.renew_lease(&taken, None, &WriteToken::new()).await.is_err());
+        assert_eq!(charged(&meter, DynamoDbOperation::UpdateItem).write_units, 4.0);
+        store.assign_lease(&renewed, "worker-2", &WriteToken::new()).await.expect("assign");
+        assert_eq!(
+            charged(&meter, DynamoDbOperation::UpdateItem).write_units,
+            7.0,
+            "a new owner moves its index entry"
+        );
+
+        store.list_lease_keys_owned_by("worker-2").await.expect("query");
+        assert_eq!(charged(&meter, DynamoDbOperation::Query).read_units, 0.5);
+        store.list_leases().await.expect("scan");
+        let scan = charged(&meter, DynamoDbOperation::Scan);
+        assert_eq!((scan.requests, scan.items, scan.read_units), (1, 1, 1.0));
+        store.get_lease("shardId-000000000009").await.expect("get");
+        assert_eq!(charged(&meter, DynamoDbOperation::GetItem).read_units, 1.0, "an absent item still costs a read");
+
+        meter.reset();
+        assert!(meter.snapshot().is_empty());
+    }
+
+    #[test]
+    fn sizes_follow_dynamodbs_rules() {
+        let mut item = Item::new();
+        item.insert("leaseKey".into(), AttributeValue::S("shardId-000000000001".into()));
+        item.insert("leaseCounter".into(), AttributeValue::N("12345".into()));
+        item.insert("ok".into(), AttributeValue::Bool(true));
+        item.insert(
+            "l".into(),
+            AttributeValue::L(vec![AttributeValue::N("0.5".into()), AttributeValue::S("ab".into())]),
+        );
+        // 8 + 20, 12 + (3 digits + 1), 2 + 1, 1 + (3 + (2 + 1) + (2 + 1)).
+        assert_eq!(item_size(&item), 28 + 16 + 3 + 10);
+        assert_eq!(number_size("100"), 2, "trailing zeroes are trimmed");
+        assert_eq!(number_size("-0.00123"), 3, "leading zeroes and the sign are not digits");
+        assert_eq!(number_size("0"), 2);
+    }
+
+    #[test]
+    fn capacity_units_round_up_per_request_and_page() {
+        assert_eq!(write_cost(0, 300, 0).write_units, 1.0);
+        assert_eq!(write_cost(1500, 300, 2).write_units, 4.0, "the larger size, plus the index");
+        let scan = paged_read_cost(vec![400; 5000], true);
+        // 2,000,000 bytes: a full 1 MB page (2,621 items) and the rest.
+        assert_eq!(scan.requests, 2);
+        assert_eq!(scan.items, 5000);
+        assert_eq!(scan.read_units, (2621_u64 * 400).div_ceil(4096) as f64 + (2379_u64 * 400).div_ceil(4096) as f64);
+        let query = paged_read_cost(vec![50; 10], false);
+        assert_eq!(query.read_units, 0.5, "an eventually consistent read is half a unit");
+        assert_eq!(paged_read_cost(Vec::new(), true).requests, 1, "an empty scan still reads a page");
+        assert_eq!(index_writes(Some("a"), Some("b")), 2);
+        assert_eq!(index_writes(None, Some("b")), 1);
+        assert_eq!(index_writes(Some("a"), Some("a")), 0);
+    }
+}
