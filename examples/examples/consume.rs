@@ -192,13 +192,11 @@ async fn main() -> ExitCode {
     let ddb_endpoint = args.ddb_endpoint.clone().or_else(|| env_endpoint("AWS_ENDPOINT_URL_DYNAMODB"));
     let use_dynamodb = ddb_endpoint.is_some() || args.aws.kinesis_endpoint().is_none();
     builder = if use_dynamodb {
-        let stores = match ddb_endpoint.as_deref() {
-            Some(url) => kcl_ddb_store::DynamoDbStores::builder().local(url).await,
-            None => kcl_ddb_store::DynamoDbStores::builder().from_env().await,
-        }
-        .application_name(app.clone())
-        .build()
-        .await;
+        let stores = examples::dynamodb_stores(ddb_endpoint.as_deref(), args.aws.region())
+            .await
+            .application_name(app.clone())
+            .build()
+            .await;
         match stores {
             Ok(stores) => builder
                 .lease_store(Arc::new(stores.lease_store()))

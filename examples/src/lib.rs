@@ -6,6 +6,7 @@
 
 use std::process::ExitCode;
 
+use kcl_ddb_store::{DynamoDbStores, DynamoDbStoresBuilder};
 use kinesis_core::{AwsKinesis, KinesisError};
 
 /// Exit codes shared by the programs.
@@ -28,7 +29,8 @@ pub struct AwsArgs {
     /// `AWS_ENDPOINT_URL_KINESIS`, then `AWS_ENDPOINT_URL`, then the service's own endpoint.
     #[arg(long, value_name = "URL")]
     pub endpoint: Option<String>,
-    /// AWS region; without the flag and the variable, the SDK's chain (profile, instance metadata).
+    /// AWS region, of Kinesis and DynamoDB; without the flag and the variable, the SDK's chain
+    /// (profile, instance metadata).
     #[arg(long, value_name = "REGION", env = "AWS_REGION")]
     pub region: Option<String>,
 }
@@ -42,8 +44,12 @@ impl AwsArgs {
 
     /// The Kinesis client for these options; see [`kinesis_client`].
     pub async fn kinesis_client(&self) -> AwsKinesis {
-        let region = self.region.as_deref().filter(|r| !r.trim().is_empty());
-        kinesis_client(self.kinesis_endpoint().as_deref(), region).await
+        kinesis_client(self.kinesis_endpoint().as_deref(), self.region()).await
+    }
+
+    /// The region flag (or `AWS_REGION`), if it says one.
+    pub fn region(&self) -> Option<&str> {
+        self.region.as_deref().filter(|r| !r.trim().is_empty())
     }
 }
 
@@ -54,14 +60,20 @@ pub fn env_endpoint(service_variable: &str) -> Option<String> {
         .find_map(|name| std::env::var(name).ok().filter(|value| !value.trim().is_empty()))
 }
 
-/// The Kinesis client for an endpoint and region, following the AWS conventions: with no
-/// endpoint the standard chain applies (profiles, instance metadata). With an endpoint and no
-/// credentials configured (no `AWS_ACCESS_KEY_ID`, no `AWS_PROFILE`) static test credentials are
-/// used, as local emulators accept any.
-pub async fn kinesis_client(endpoint: Option<&str>, region: Option<&str>) -> AwsKinesis {
+/// Whether an endpoint is taken for a local emulator: no credentials are configured (no
+/// `AWS_ACCESS_KEY_ID`, no `AWS_PROFILE`) and the region is unset or `us-east-1`. Emulators accept
+/// any credentials, so static test ones are used for them.
+fn is_emulator(region: Option<&str>) -> bool {
     let has_credentials = std::env::var_os("AWS_ACCESS_KEY_ID").is_some() || std::env::var_os("AWS_PROFILE").is_some();
+    !has_credentials && region.is_none_or(|r| r == "us-east-1")
+}
+
+/// The Kinesis client for an endpoint and region, following the AWS conventions: with no
+/// endpoint the standard chain applies (profiles, instance metadata); with one, the chain's
+/// credentials, or test credentials for an emulator (see `is_emulator`).
+pub async fn kinesis_client(endpoint: Option<&str>, region: Option<&str>) -> AwsKinesis {
     match (endpoint, region) {
-        (Some(url), _) if !has_credentials && region.is_none_or(|r| r == "us-east-1") => AwsKinesis::local(url).await,
+        (Some(url), _) if is_emulator(region) => AwsKinesis::local(url).await,
         (Some(url), region) => AwsKinesis::with_endpoint(url, region.unwrap_or("us-east-1")).await,
         (None, Some(region)) => {
             // Region from the flag, everything else from the chain.
@@ -72,6 +84,18 @@ pub async fn kinesis_client(endpoint: Option<&str>, region: Option<&str>) -> Aws
             AwsKinesis::from_sdk_config(&config)
         }
         (None, None) => AwsKinesis::from_env().await,
+    }
+}
+
+/// The DynamoDB stores' builder for an endpoint and region, by the same rules as
+/// [`kinesis_client`].
+pub async fn dynamodb_stores(endpoint: Option<&str>, region: Option<&str>) -> DynamoDbStoresBuilder {
+    let builder = DynamoDbStores::builder();
+    match (endpoint, region) {
+        (Some(url), _) if is_emulator(region) => builder.local(url).await,
+        (Some(url), region) => builder.endpoint(url, region.unwrap_or("us-east-1")).await,
+        (None, Some(region)) => builder.from_env_with_region(region).await,
+        (None, None) => builder.from_env().await,
     }
 }
 

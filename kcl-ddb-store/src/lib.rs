@@ -12,8 +12,8 @@
 //!
 //! Tables are created on first use (on-demand billing by default, optional tags and deletion
 //! protection) and the builder waits until they and the index are active; an existing table
-//! with another key schema is a [`StoreError::SchemaMismatch`](kcl::StoreError). Every write is
-//! conditional; a lost condition is `StoreError::LeaseLost` / `LockLost` carrying the item that
+//! with another key schema is a [`StoreError::SchemaMismatch`](kcl::StoreError). Every lease and
+//! leader-lock write is conditional; a lost condition is `StoreError::LeaseLost` / `LockLost` carrying the item that
 //! DynamoDB returned with the failure. Throttling and transient failures are retried with
 //! jittered exponential backoff; single-item writes are atomic, so nothing is half-written.
 //!
@@ -137,6 +137,14 @@ impl DynamoDbStoresBuilder {
     /// Builds the client from `aws-config`'s standard chain (env, profile, IMDS).
     pub async fn from_env(mut self) -> Self {
         let config = sdk_defaults().load().await;
+        self.client = Some(Client::new(&config));
+        self
+    }
+
+    /// Builds the client from the standard chain as [`from_env`](Self::from_env) does, in `region`
+    /// (a program's `--region` flag, say) whatever the chain says.
+    pub async fn from_env_with_region(mut self, region: impl Into<String>) -> Self {
+        let config = sdk_defaults().region(Region::new(region.into())).load().await;
         self.client = Some(Client::new(&config));
         self
     }
