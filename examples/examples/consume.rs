@@ -7,8 +7,9 @@
 //!
 //! Leases live in DynamoDB (through `kcl-ddb-store`, tables named after the application) when a
 //! DynamoDB endpoint is given (`--ddb-endpoint`, `AWS_ENDPOINT_URL_DYNAMODB` or `AWS_ENDPOINT_URL`)
-//! or when no Kinesis endpoint is (real AWS); otherwise in memory, for a single worker. Several `consume` processes with different `--worker-id`s and the same
-//! `--app` share a stream's shards. New leases start at TRIM_HORIZON.
+//! or when no Kinesis endpoint is (real AWS); otherwise in memory, for a single worker. Several
+//! `consume` processes with different `--worker-id`s and the same `--app` share a stream's
+//! shards. New leases start at TRIM_HORIZON.
 //!
 //! Every record's data must start with the `produce` header `"<key> <n> "`. `--out` appends one
 //! JSON line per record: `key`, `n`, `shard`, `seq`, `sub`, `worker`, `ts_ms` (when processed,

@@ -40,7 +40,7 @@ use kcl::processor::{ProcessRecordsInput, ShardEndedInput, ShardRecordProcessor}
 use kcl::store::memory::{MemoryCoordinatorStore, MemoryLeaseStore, MemoryWorkerMetricsStore};
 use kcl::store::{CoordinatorStore, LeaseStore, WorkerMetricsStore};
 use kcl::{CpuMetrics, InitialPosition, ProcessorError, Scheduler, SchedulerConfig, SchedulerHandle};
-use kcl_ddb_store::cost::{CostMeter, DynamoDbOperation, RequestCost};
+use kcl_ddb_store::cost::{self, CostMeter, DynamoDbOperation, RequestCost};
 use kcl_ddb_store::{DynamoDbStores, StoreStats, StoreTable};
 use kinesis_core::broker::{BrokerConfig, MemoryBroker};
 use kinesis_core::{CreateStreamRequest, Kinesis, ShardId, StreamRef};
@@ -85,7 +85,7 @@ enum Backend {
 
 type Stores = (Arc<dyn LeaseStore>, Arc<dyn CoordinatorStore>, Arc<dyn WorkerMetricsStore>);
 
-async fn stores(backend: &Backend, meter: &Arc<CostMeter>) -> Result<(Stores, Option<StoreStatsHandle>), String> {
+async fn stores(backend: &Backend, meter: &Arc<CostMeter>) -> Result<(Stores, Option<DynamoDbStores>), String> {
     match backend {
         Backend::Memory => Ok((
             (
@@ -106,23 +106,15 @@ async fn stores(backend: &Backend, meter: &Arc<CostMeter>) -> Result<(Stores, Op
                     Arc::new(meter.meter(stores.coordinator_store())),
                     Arc::new(meter.meter(stores.worker_metrics_store())),
                 ),
-                Some(StoreStatsHandle(stores)),
+                Some(stores),
             ))
         }
     }
 }
 
-/// The peer's stores, kept for their request counters.
-struct StoreStatsHandle(DynamoDbStores);
-
-impl StoreStatsHandle {
-    fn stats(&self) -> &StoreStats {
-        self.0.stats()
-    }
-
-    fn counts(&self) -> Vec<(StoreTable, u64, u64)> {
-        TABLES.iter().map(|(t, _)| (*t, self.stats().table_reads(*t), self.stats().table_writes(*t))).collect()
-    }
+/// The requests the stores sent so far, per table: (table, reads, writes).
+fn sent(stats: &StoreStats) -> Vec<(StoreTable, u64, u64)> {
+    TABLES.iter().map(|(t, _)| (*t, stats.table_reads(*t), stats.table_writes(*t))).collect()
 }
 
 async fn measure(leases: u32, workers: usize, window: Duration, backend: &Backend) -> Result<Measured, String> {
@@ -162,12 +154,12 @@ async fn measure(leases: u32, workers: usize, window: Duration, backend: &Backen
     }
 
     meter.reset();
-    let sent_before = peer.as_ref().map(StoreStatsHandle::counts);
+    let sent_before = peer.as_ref().map(|stores| sent(stores.stats()));
     tokio::time::sleep(window).await;
     let factor = 3600.0 / window.as_secs_f64();
     let snapshot = meter.snapshot();
     let sent_per_hour = peer.as_ref().zip(sent_before).map(|(peer, before)| {
-        peer.counts()
+        sent(peer.stats())
             .into_iter()
             .zip(before)
             .map(|((table, reads, writes), (_, reads_before, writes_before))| {
@@ -194,57 +186,51 @@ async fn measure(leases: u32, workers: usize, window: Duration, backend: &Backen
     })
 }
 
-/// Requests and units per hour of `count` requests each of `bytes`, rounded as DynamoDB does.
-fn java_line(requests_per_hour: f64, write: bool, units_per_request: f64) -> RequestCost {
-    RequestCost {
-        requests: requests_per_hour.round() as u64,
-        items: 0,
-        bytes: 0,
-        read_units: if write { 0.0 } else { requests_per_hour * units_per_request },
-        write_units: if write { requests_per_hour * units_per_request } else { 0.0 },
-    }
-}
-
-/// The Java KCL 3.x defaults' cost per hour (see the file's documentation for the sources).
+/// The Java KCL 3.x defaults' cost per hour (see the file's documentation for the sources),
+/// charged by the same rules as ours.
 fn java_kcl(leases: u32, workers: usize, measured: &Measured) -> Vec<(StoreTable, DynamoDbOperation, RequestCost)> {
     let (s, w) = (f64::from(leases), workers as f64);
-    let write_units = |bytes: u64| bytes.div_ceil(1024).max(1) as f64;
-    let scan_pages = |total: u64| total.div_ceil(1024 * 1024).max(1) as f64;
-    let scan_units = |total: u64, consistent: bool| {
-        let units = total.div_ceil(4096).max(1) as f64;
-        if consistent { units } else { units / 2.0 }
-    };
-    let lease_table_bytes = u64::from(leases) * measured.lease_item_bytes;
-    let metrics_table_bytes = workers as u64 * measured.metrics_item_bytes;
-    let per_worker_keys = (s / w).ceil() as u64 * 60; // an index entry: two key attributes, ~60 bytes
-    let assignment_runs = 3600.0 / 20.0;
+    let per_hour = |period_secs: f64| 3600.0 / period_secs;
+    let rewrite = |bytes: u64| cost::write_cost(bytes, bytes, 0);
+    let table_scan = |rows: u64, bytes: u64| cost::paged_read_cost((0..rows).map(|_| bytes), false);
+    // One worker's share of the leases, as its owner-index query returns them.
+    let owned_keys = (s / w).ceil() as u64;
+    let owner_query = cost::paged_read_cost(
+        (0..owned_keys).map(|_| cost::index_entry_size("worker-0", "shardId-000000000000")),
+        false,
+    );
     vec![
-        (StoreTable::Leases, DynamoDbOperation::UpdateItem, {
-            java_line(s * 3600.0 / 3.308, true, write_units(measured.lease_item_bytes))
-        }),
-        (StoreTable::Leases, DynamoDbOperation::Scan, {
-            let pages = scan_pages(lease_table_bytes);
-            let mut line = java_line(assignment_runs * pages, false, 0.0);
-            line.read_units = assignment_runs * scan_units(lease_table_bytes, false);
-            line
-        }),
-        (StoreTable::Leases, DynamoDbOperation::Query, {
-            java_line(w * 3600.0 / 9.975, false, scan_units(per_worker_keys, false))
-        }),
-        (StoreTable::CoordinatorState, DynamoDbOperation::UpdateItem, {
-            java_line(3600.0 / 30.0, true, write_units(measured.lock_item_bytes))
-        }),
-        (StoreTable::CoordinatorState, DynamoDbOperation::GetItem, {
-            java_line((w - 1.0) * 3600.0 / 30.0, false, 1.0)
-        }),
-        (StoreTable::WorkerMetrics, DynamoDbOperation::UpdateItem, {
-            java_line(w * 3600.0 / 30.0, true, write_units(measured.metrics_item_bytes))
-        }),
-        (StoreTable::WorkerMetrics, DynamoDbOperation::Scan, {
-            let mut line = java_line(assignment_runs * scan_pages(metrics_table_bytes), false, 0.0);
-            line.read_units = assignment_runs * scan_units(metrics_table_bytes, false);
-            line
-        }),
+        (
+            StoreTable::Leases,
+            DynamoDbOperation::UpdateItem,
+            rewrite(measured.lease_item_bytes).scaled(s * per_hour(3.308)),
+        ),
+        (
+            StoreTable::Leases,
+            DynamoDbOperation::Scan,
+            table_scan(u64::from(leases), measured.lease_item_bytes).scaled(per_hour(20.0)),
+        ),
+        (StoreTable::Leases, DynamoDbOperation::Query, owner_query.scaled(w * per_hour(9.975))),
+        (
+            StoreTable::CoordinatorState,
+            DynamoDbOperation::UpdateItem,
+            rewrite(measured.lock_item_bytes).scaled(per_hour(30.0)),
+        ),
+        (
+            StoreTable::CoordinatorState,
+            DynamoDbOperation::GetItem,
+            cost::get_item_cost(measured.lock_item_bytes).scaled((w - 1.0) * per_hour(30.0)),
+        ),
+        (
+            StoreTable::WorkerMetrics,
+            DynamoDbOperation::UpdateItem,
+            rewrite(measured.metrics_item_bytes).scaled(w * per_hour(30.0)),
+        ),
+        (
+            StoreTable::WorkerMetrics,
+            DynamoDbOperation::Scan,
+            table_scan(workers as u64, measured.metrics_item_bytes).scaled(per_hour(20.0)),
+        ),
     ]
 }
 

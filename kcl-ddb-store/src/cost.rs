@@ -117,26 +117,7 @@ impl RequestCost {
 /// stores of a fleet; [`reset`](CostMeter::reset) starts a new measurement window.
 #[derive(Debug, Default)]
 pub struct CostMeter {
-    costs: Mutex<BTreeMap<(TableKey, DynamoDbOperation), RequestCost>>,
-}
-
-/// `StoreTable` in a sortable form.
-type TableKey = u8;
-
-fn table_key(table: StoreTable) -> TableKey {
-    match table {
-        StoreTable::Leases => 0,
-        StoreTable::CoordinatorState => 1,
-        StoreTable::WorkerMetrics => 2,
-    }
-}
-
-fn table_of(key: TableKey) -> StoreTable {
-    match key {
-        0 => StoreTable::Leases,
-        1 => StoreTable::CoordinatorState,
-        _ => StoreTable::WorkerMetrics,
-    }
+    costs: Mutex<BTreeMap<(StoreTable, DynamoDbOperation), RequestCost>>,
 }
 
 impl CostMeter {
@@ -147,7 +128,7 @@ impl CostMeter {
 
     fn charge(&self, table: StoreTable, operation: DynamoDbOperation, cost: RequestCost) {
         let mut costs = self.costs.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        costs.entry((table_key(table), operation)).or_default().add(cost);
+        costs.entry((table, operation)).or_default().add(cost);
     }
 
     /// Forgets everything charged so far.
@@ -158,7 +139,7 @@ impl CostMeter {
     /// Everything charged since the start or the last reset, by table and operation.
     pub fn snapshot(&self) -> Vec<(StoreTable, DynamoDbOperation, RequestCost)> {
         let costs = self.costs.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        costs.iter().map(|(&(table, operation), &cost)| (table_of(table), operation, cost)).collect()
+        costs.iter().map(|(&(table, operation), &cost)| (table, operation, cost)).collect()
     }
 
     /// The sum over one table's operations.
@@ -214,9 +195,9 @@ fn read_units(bytes: u64, consistent: bool) -> f64 {
     if consistent { units } else { units / 2.0 }
 }
 
-/// A write of an item of `before` bytes (0: new) that leaves `after` bytes, with the owner index
-/// entries it removes and adds.
-fn write_cost(before: u64, after: u64, index_writes: u64) -> RequestCost {
+/// One write of an item of `before` bytes (0: new) that leaves `after` bytes, with the owner
+/// index entries it removes and adds.
+pub fn write_cost(before: u64, after: u64, index_writes: u64) -> RequestCost {
     RequestCost {
         requests: 1,
         items: 1,
@@ -226,8 +207,8 @@ fn write_cost(before: u64, after: u64, index_writes: u64) -> RequestCost {
     }
 }
 
-/// A consistent read of one item of `size` bytes (0: absent).
-fn get_item_cost(size: u64) -> RequestCost {
+/// One consistent read of an item of `size` bytes (0: absent).
+pub fn get_item_cost(size: u64) -> RequestCost {
     RequestCost {
         requests: 1,
         items: u64::from(size > 0),
@@ -237,8 +218,9 @@ fn get_item_cost(size: u64) -> RequestCost {
     }
 }
 
-/// Reads of `sizes` in pages of at most 1 MB.
-fn paged_read_cost(sizes: impl IntoIterator<Item = u64>, consistent: bool) -> RequestCost {
+/// A `Scan` or `Query` reading items of `sizes` bytes, in pages of at most 1 MB; `consistent`
+/// false for an index (half a unit per 4 KiB).
+pub fn paged_read_cost(sizes: impl IntoIterator<Item = u64>, consistent: bool) -> RequestCost {
     let mut total = RequestCost::default();
     let mut page = RequestCost::default();
     let close = |page: &mut RequestCost, total: &mut RequestCost| {
@@ -256,6 +238,12 @@ fn paged_read_cost(sizes: impl IntoIterator<Item = u64>, consistent: bool) -> Re
     // The last page, or the only one of an empty table (a scan still reads a page).
     close(&mut page, &mut total);
     total
+}
+
+/// The size of one owner-index entry: the index projects its keys only, `leaseOwner` and
+/// `leaseKey`.
+pub fn index_entry_size(owner: &str, lease_key: &str) -> u64 {
+    (lease_attr::LEASE_OWNER.len() + owner.len() + lease_attr::LEASE_KEY.len() + lease_key.len()) as u64
 }
 
 fn lease_size(lease: &Lease) -> u64 {
@@ -279,14 +267,13 @@ impl<S> Metered<S> {
     /// a lost condition the lease as it is now).
     fn charge_lease_update(&self, expected: &Lease, result: &Result<Lease, StoreError>) {
         let before = lease_size(expected);
-        let (after, owner_after) = match result {
-            Ok(written) => (lease_size(written), written.lease_owner.as_deref()),
-            Err(StoreError::LeaseLost { current: Some(current), .. }) => (lease_size(current), None),
-            Err(_) => (before, expected.lease_owner.as_deref()),
-        };
-        let index = match result {
-            Ok(_) => index_writes(expected.lease_owner.as_deref(), owner_after),
-            Err(_) => 0,
+        // A write that failed changed nothing, so it moved no index entry.
+        let (after, index) = match result {
+            Ok(written) => {
+                (lease_size(written), index_writes(expected.lease_owner.as_deref(), written.lease_owner.as_deref()))
+            }
+            Err(StoreError::LeaseLost { current: Some(current), .. }) => (lease_size(current), 0),
+            Err(_) => (before, 0),
         };
         self.meter.charge(StoreTable::Leases, DynamoDbOperation::UpdateItem, write_cost(before, after, index));
     }
@@ -319,11 +306,10 @@ impl<S: LeaseStore> LeaseStore for Metered<S> {
 
     async fn list_lease_keys_owned_by(&self, owner: &str) -> Result<Vec<String>, StoreError> {
         let result = self.inner.list_lease_keys_owned_by(owner).await;
-        // The index projects its keys only: leaseOwner and leaseKey.
-        let entry = |key: &String| {
-            (lease_attr::LEASE_OWNER.len() + owner.len() + lease_attr::LEASE_KEY.len() + key.len()) as u64
-        };
-        let sizes: Vec<u64> = result.as_ref().map(|keys| keys.iter().map(entry).collect()).unwrap_or_default();
+        let sizes: Vec<u64> = result
+            .as_ref()
+            .map(|keys| keys.iter().map(|key| index_entry_size(owner, key)).collect())
+            .unwrap_or_default();
         self.meter.charge(StoreTable::Leases, DynamoDbOperation::Query, paged_read_cost(sizes, false));
         result
     }

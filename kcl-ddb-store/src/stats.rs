@@ -10,7 +10,7 @@ pub(crate) enum Op {
 }
 
 /// One of the three KCL 3.x tables, to break the counts down by table.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum StoreTable {
     /// The lease table (`<app>`): renewals, checkpoints, takes, handoffs, shard sync.
     Leases,
