@@ -71,9 +71,23 @@ struct Args {
     /// Java KCL workers, which would otherwise see no CPU figure from this one).
     #[arg(long)]
     no_cpu_metrics: bool,
+    /// How the worker proves it holds its leases: a renewal per lease (the default; required in
+    /// a fleet shared with Java KCL workers), or one heartbeat row for all of them (opt-in, a
+    /// tenth of the DynamoDB bill).
+    #[arg(long, value_enum, default_value_t = LeaseModeArg::PerLease)]
+    lease_mode: LeaseModeArg,
     /// Append one JSON line per record to this file.
     #[arg(long, value_name = "FILE")]
     out: Option<std::path::PathBuf>,
+}
+
+/// `--lease-mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LeaseModeArg {
+    /// Worker heartbeats (`LeaseMode::WorkerHeartbeat`).
+    Heartbeat,
+    /// A renewal per lease (`LeaseMode::PerLease`), as the Java KCL.
+    PerLease,
 }
 
 /// What this worker saw, shared by its shard processors.
@@ -187,9 +201,14 @@ async fn main() -> ExitCode {
     if args.efo {
         builder = builder.retrieval(RetrievalMode::FanOut { consumer_name: None });
     }
+    let mut config = SchedulerConfig::default();
     if args.no_cpu_metrics {
-        builder = builder.config(SchedulerConfig::default().with_cpu_metrics(CpuMetrics::Disabled));
+        config = config.with_cpu_metrics(CpuMetrics::Disabled);
     }
+    if args.lease_mode == LeaseModeArg::Heartbeat {
+        config = config.worker_heartbeats();
+    }
+    builder = builder.config(config);
     let ddb_endpoint = args.ddb_endpoint.clone().or_else(|| env_endpoint("AWS_ENDPOINT_URL_DYNAMODB"));
     let use_dynamodb = ddb_endpoint.is_some() || args.aws.kinesis_endpoint().is_none();
     builder = if use_dynamodb {

@@ -6,7 +6,8 @@
 //! through the in-memory stores wrapped in `kcl_ddb_store::cost::Metered` (every call charged
 //! with the DynamoDB requests `kcl-ddb-store` makes for it, items sized by DynamoDB's rules), on
 //! paused time. Once every lease is held (the start is not counted), a window of simulated time
-//! is counted and scaled to an hour.
+//! is counted and scaled to an hour. Both lease modes are measured: per-lease renewal and worker
+//! heartbeats.
 //!
 //! The Java KCL's is computed from its default timers (`reference/kcl.md` §c.1, §c.3, §f, from
 //! the KCL sources named there), with the same item sizes (the same schema):
@@ -29,8 +30,9 @@
 //! window).
 //!
 //! Run: `cargo bench -p kinesis-kcl-ddb-store --bench coordination_cost` (sizes 4/3, 100/4,
-//! 1000/10; `COST_SIZES=100/4` picks some, `COST_WINDOW_SECS` sets the counted window, 600 s by
-//! default). Prints a table per size and one JSON line per size.
+//! 1000/10; `COST_SIZES=100/4` picks some, `COST_WINDOW_SECS` sets the counted window, 3,600 s by
+//! default; `COST_MODE=heartbeat|per-lease|both`, both by default, picks `kcl`'s lease modes).
+//! Prints a table per size and mode and one JSON line each.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,7 +41,7 @@ use async_trait::async_trait;
 use kcl::processor::{ProcessRecordsInput, ShardEndedInput, ShardRecordProcessor};
 use kcl::store::memory::{MemoryCoordinatorStore, MemoryLeaseStore, MemoryWorkerMetricsStore};
 use kcl::store::{CoordinatorStore, LeaseStore, WorkerMetricsStore};
-use kcl::{CpuMetrics, InitialPosition, ProcessorError, Scheduler, SchedulerConfig, SchedulerHandle};
+use kcl::{CpuMetrics, InitialPosition, LeaseMode, ProcessorError, Scheduler, SchedulerConfig, SchedulerHandle};
 use kcl_ddb_store::cost::{self, CostMeter, DynamoDbOperation, RequestCost};
 use kcl_ddb_store::{DynamoDbStores, StoreStats, StoreTable};
 use kinesis_core::broker::{BrokerConfig, MemoryBroker};
@@ -117,7 +119,13 @@ fn sent(stats: &StoreStats) -> Vec<(StoreTable, u64, u64)> {
     TABLES.iter().map(|(t, _)| (*t, stats.table_reads(*t), stats.table_writes(*t))).collect()
 }
 
-async fn measure(leases: u32, workers: usize, window: Duration, backend: &Backend) -> Result<Measured, String> {
+async fn measure(
+    leases: u32,
+    workers: usize,
+    window: Duration,
+    backend: &Backend,
+    mode: &LeaseMode,
+) -> Result<Measured, String> {
     let broker = MemoryBroker::with_config(BrokerConfig::default().without_throttling());
     broker.create_stream(CreateStreamRequest::provisioned("cost", leases)).await.map_err(|e| e.to_string())?;
     let stream = StreamRef::from("cost");
@@ -131,7 +139,7 @@ async fn measure(leases: u32, workers: usize, window: Duration, backend: &Backen
             .lease_store(lease_store.clone())
             .coordinator_store(coordinator_store.clone())
             .worker_metrics_store(metrics_store.clone())
-            .config(SchedulerConfig::default().with_cpu_metrics(CpuMetrics::Disabled))
+            .config(SchedulerConfig::default().with_cpu_metrics(CpuMetrics::Disabled).with_lease_mode(mode.clone()))
             .processor_factory(|_: &ShardId| Idle)
             .build()
             .map_err(|e| e.to_string())?
@@ -180,7 +188,12 @@ async fn measure(leases: u32, workers: usize, window: Duration, backend: &Backen
     Ok(Measured {
         per_hour: snapshot.iter().map(|(t, o, cost)| (*t, *o, cost.scaled(factor))).collect(),
         lease_item_bytes: mean(StoreTable::Leases, DynamoDbOperation::Scan),
-        metrics_item_bytes: mean(StoreTable::WorkerMetrics, DynamoDbOperation::PutItem),
+        // Plain reports (per-lease mode) are PutItems; in heartbeat-lease mode there are none, and
+        // the rows as listed stand in (a few heartbeat attributes larger than a Java KCL row).
+        metrics_item_bytes: match mean(StoreTable::WorkerMetrics, DynamoDbOperation::PutItem) {
+            0 => mean(StoreTable::WorkerMetrics, DynamoDbOperation::Scan),
+            bytes => bytes,
+        },
         lock_item_bytes: mean(StoreTable::CoordinatorState, DynamoDbOperation::UpdateItem),
         sent_per_hour,
     })
@@ -249,8 +262,14 @@ fn totals(lines: &[(StoreTable, DynamoDbOperation, RequestCost)], table: Option<
     (reads, writes, rcu, wcu)
 }
 
-fn print_size(leases: u32, workers: usize, ours: &Measured, java: &[(StoreTable, DynamoDbOperation, RequestCost)]) {
-    println!("\n{leases} leases, {workers} workers, idle stream: per hour");
+fn print_size(
+    leases: u32,
+    workers: usize,
+    mode: &str,
+    ours: &Measured,
+    java: &[(StoreTable, DynamoDbOperation, RequestCost)],
+) {
+    println!("\n{leases} leases, {workers} workers, idle stream, ours in {mode} mode: per hour");
     println!("| table | operation | ours: requests | RCU | WCU | Java KCL 3.x: requests | RCU | WCU |");
     println!("|---|---|---:|---:|---:|---:|---:|---:|");
     let mut keys: Vec<(StoreTable, DynamoDbOperation)> =
@@ -296,7 +315,7 @@ fn print_size(leases: u32, workers: usize, ours: &Measured, java: &[(StoreTable,
     let (ours_reads, ours_writes, ours_rcu, ours_wcu) = totals(&ours.per_hour, None);
     let (java_reads, java_writes, java_rcu, java_wcu) = totals(java, None);
     println!(
-        "{{\"leases\": {leases}, \"workers\": {workers}, \"ours\": {{\"reads_per_hour\": {ours_reads}, \"writes_per_hour\": {ours_writes}, \"rcu_per_hour\": {ours_rcu:.0}, \"wcu_per_hour\": {ours_wcu:.0}}}, \"java_kcl\": {{\"reads_per_hour\": {java_reads}, \"writes_per_hour\": {java_writes}, \"rcu_per_hour\": {java_rcu:.0}, \"wcu_per_hour\": {java_wcu:.0}}}, \"lease_item_bytes\": {}, \"metrics_item_bytes\": {}, \"lock_item_bytes\": {}}}",
+        "{{\"leases\": {leases}, \"workers\": {workers}, \"mode\": \"{mode}\", \"ours\": {{\"reads_per_hour\": {ours_reads}, \"writes_per_hour\": {ours_writes}, \"rcu_per_hour\": {ours_rcu:.0}, \"wcu_per_hour\": {ours_wcu:.0}}}, \"java_kcl\": {{\"reads_per_hour\": {java_reads}, \"writes_per_hour\": {java_writes}, \"rcu_per_hour\": {java_rcu:.0}, \"wcu_per_hour\": {java_wcu:.0}}}, \"lease_item_bytes\": {}, \"metrics_item_bytes\": {}, \"lock_item_bytes\": {}}}",
         ours.lease_item_bytes, ours.metrics_item_bytes, ours.lock_item_bytes
     );
 }
@@ -332,10 +351,23 @@ fn main() {
         },
     };
     let peer = matches!(backend, Backend::Peer(_));
-    let default_window = if peer { 60 } else { 600 };
+    // An hour of paused time, so heartbeat mode's 15-minute safety nets are counted.
+    let default_window = if peer { 60 } else { 3600 };
     let window = std::env::var("COST_WINDOW_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(default_window);
     let window = Duration::from_secs(window);
-    for (leases, workers) in sizes(peer) {
+    let heartbeat = LeaseMode::WorkerHeartbeat(kcl::HeartbeatConfig::default());
+    let modes: Vec<(&str, LeaseMode)> = match std::env::var("COST_MODE").as_deref() {
+        Ok("heartbeat") => vec![("heartbeat", heartbeat)],
+        Ok("per-lease") => vec![("per-lease", LeaseMode::PerLease)],
+        Ok("both") | Err(_) => vec![("heartbeat", heartbeat), ("per-lease", LeaseMode::PerLease)],
+        Ok(other) => {
+            eprintln!("coordination_cost: COST_MODE is heartbeat, per-lease or both, not {other}");
+            std::process::exit(2);
+        }
+    };
+    for ((leases, workers), (mode_name, mode)) in
+        sizes(peer).into_iter().flat_map(|size| modes.iter().map(move |mode| (size, mode.clone())))
+    {
         let mut builder = tokio::runtime::Builder::new_current_thread();
         builder.enable_all().start_paused(!peer);
         let runtime = match builder.build() {
@@ -346,11 +378,14 @@ fn main() {
             }
         };
         let started = std::time::Instant::now();
-        match runtime.block_on(measure(leases, workers, window, &backend)) {
+        match runtime.block_on(measure(leases, workers, window, &backend, &mode)) {
             Ok(ours) => {
                 let java = java_kcl(leases, workers, &ours);
-                print_size(leases, workers, &ours, &java);
-                eprintln!("coordination_cost: {leases}/{workers} took {:.1} s", started.elapsed().as_secs_f64());
+                print_size(leases, workers, mode_name, &ours, &java);
+                eprintln!(
+                    "coordination_cost: {leases}/{workers} ({mode_name}) took {:.1} s",
+                    started.elapsed().as_secs_f64()
+                );
             }
             Err(e) => {
                 eprintln!("coordination_cost: {leases} leases, {workers} workers: {e}");

@@ -15,16 +15,24 @@
 //!   (`leaseOwner`) also writes the owner index: 1 unit to remove the old entry, 1 to add the
 //!   new one.
 //! * A consistent `GetItem` consumes 1 read unit per started 4 KiB of the item (an absent item
-//!   still 1); a consistent `Scan` page 1 unit per started 4 KiB of the items it read; a `Query`
-//!   on the owner index (eventually consistent, as every index read is) half a unit per started
-//!   4 KiB of the projected keys. Pages end at 1 MB.
+//!   still 1); a consistent `Scan` page 1 unit per started 4 KiB of the items it read; an
+//!   eventually consistent `Scan` page, or a `Query` on the owner index (eventually consistent,
+//!   as every index read is), half a unit per started 4 KiB. Pages end at 1 MB.
+//! * The item an `UpdateItem` returns (`ReturnValues`, or the old item with a failed condition)
+//!   costs no read units.
 //!
-//! The mapping from calls to requests is this crate's: consistent reads for the leader's scans
-//! and lease reads, `UpdateItem` for every change of a lease or the lock, `PutItem` for new
-//! leases, lock acquisitions and metrics rows. Internal retries after throttling are not
-//! charged (the in-memory stores do not throttle).
+//! The mapping from calls to requests is this crate's: consistent reads for the leader's lease
+//! scans, lease reads and worker-row reads, an eventually consistent scan of the worker-metrics
+//! table, `UpdateItem` for every change of a lease or the lock and for heartbeats and signals on
+//! worker rows, `PutItem` for new leases, lock acquisitions and plain metrics reports. Internal
+//! retries after throttling are not charged (the in-memory stores do not throttle).
+//!
+//! A signal's `UpdateItem` is charged for the row it lands on, whose size the caller does not
+//! give: [`Metered`] remembers the size of each worker's row as it last saw it (a heartbeat's
+//! answer, a listing, a read, a report) and falls back to the size of the smallest heartbeat row
+//! the signal could land on (see [`Metered::signal_worker`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -33,7 +41,10 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::types::AttributeValue;
 use kcl::Lease;
 use kcl::lease::WriteToken;
-use kcl::store::{CoordinatorStore, LeaseStore, LockItem, StoreError, WorkerMetrics, WorkerMetricsStore};
+use kcl::store::{
+    CoordinatorStore, LeaseStore, LockItem, StoreError, WorkerHeartbeat, WorkerMetrics, WorkerMetricsStore,
+    WorkerSignal, WorkerSignals,
+};
 
 use crate::StoreTable;
 use crate::item::{Item, lease_attr, lease_to_item, lock_to_item, metrics_to_item};
@@ -153,7 +164,7 @@ impl CostMeter {
 
     /// Wraps a store so that its calls are charged to this meter.
     pub fn meter<S>(self: &Arc<Self>, store: S) -> Metered<S> {
-        Metered { inner: store, meter: self.clone() }
+        Metered { inner: store, meter: self.clone(), row_sizes: Arc::default() }
     }
 }
 
@@ -255,14 +266,50 @@ fn index_writes(before: Option<&str>, after: Option<&str>) -> u64 {
     if before == after { 0 } else { u64::from(before.is_some()) + u64::from(after.is_some()) }
 }
 
+fn metrics_size(row: &WorkerMetrics) -> u64 {
+    item_size(&metrics_to_item(row))
+}
+
+/// The smallest row `signal` can land on (a heartbeat row without samples, with a
+/// 32-character incarnation, as `kcl` draws them) with the signal applied: the estimate of a
+/// signal's row when no row of the worker was seen.
+fn signalled_row_estimate(worker_id: &str, signal: &WorkerSignal) -> u64 {
+    let heartbeat = WorkerHeartbeat {
+        incarnation: "0".repeat(32),
+        beat: 1,
+        lease_changes: 0,
+        held_leases: 0,
+        throughput_kbps: 0.0,
+    };
+    let signals = match signal {
+        WorkerSignal::Assignments { assigned_leases } => {
+            WorkerSignals { assignment_version: 1, assigned_leases: *assigned_leases, standby: None }
+        }
+        WorkerSignal::Standby(stamp) => WorkerSignals { standby: stamp.clone(), ..WorkerSignals::default() },
+    };
+    metrics_size(&WorkerMetrics { heartbeat: Some(heartbeat), signals, ..WorkerMetrics::new(worker_id, 0) })
+}
+
 /// A store whose calls are charged to a [`CostMeter`]; see the [module](self) for the rules.
 #[derive(Clone, Debug)]
 pub struct Metered<S> {
     inner: S,
     meter: Arc<CostMeter>,
+    /// The size of each worker's row as last seen (worker-metrics stores only), for the charge of
+    /// a signal, which does not see the row. Rebuilt from every listing, so it holds at most the
+    /// table's rows and the few written since.
+    row_sizes: Arc<Mutex<HashMap<String, u64>>>,
 }
 
 impl<S> Metered<S> {
+    fn row_sizes(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+        self.row_sizes.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn saw_row(&self, row: &WorkerMetrics) {
+        self.row_sizes().insert(row.worker_id.clone(), metrics_size(row));
+    }
+
     /// Charges a lease write from `expected` to what the call answered (the written lease, or on
     /// a lost condition the lease as it is now).
     fn charge_lease_update(&self, expected: &Lease, result: &Result<Lease, StoreError>) {
@@ -424,7 +471,12 @@ impl<S: CoordinatorStore> CoordinatorStore for Metered<S> {
 impl<S: WorkerMetricsStore> WorkerMetricsStore for Metered<S> {
     async fn put_worker_metrics(&self, metrics: &WorkerMetrics) -> Result<(), StoreError> {
         let result = self.inner.put_worker_metrics(metrics).await;
-        let size = item_size(&metrics_to_item(metrics));
+        // What the PutItem writes: a plain report, without heartbeat or signals.
+        let plain = WorkerMetrics { heartbeat: None, signals: WorkerSignals::default(), ..metrics.clone() };
+        let size = metrics_size(&plain);
+        if result.is_ok() {
+            self.saw_row(&plain);
+        }
         // The row it replaces is the same worker's previous report, of about the same size.
         self.meter.charge(StoreTable::WorkerMetrics, DynamoDbOperation::PutItem, write_cost(size, size, 0));
         result
@@ -432,16 +484,73 @@ impl<S: WorkerMetricsStore> WorkerMetricsStore for Metered<S> {
 
     async fn list_worker_metrics(&self) -> Result<Vec<WorkerMetrics>, StoreError> {
         let result = self.inner.list_worker_metrics().await;
-        let sizes: Vec<u64> = result
-            .as_ref()
-            .map(|rows| rows.iter().map(|row| item_size(&metrics_to_item(row))).collect())
-            .unwrap_or_default();
-        self.meter.charge(StoreTable::WorkerMetrics, DynamoDbOperation::Scan, paged_read_cost(sizes, true));
+        let sizes: Vec<u64> = result.as_ref().map(|rows| rows.iter().map(metrics_size).collect()).unwrap_or_default();
+        if let Ok(rows) = &result {
+            *self.row_sizes() = rows.iter().zip(&sizes).map(|(row, &size)| (row.worker_id.clone(), size)).collect();
+        }
+        // Eventually consistent: half a unit per started 4 KiB of a page.
+        self.meter.charge(StoreTable::WorkerMetrics, DynamoDbOperation::Scan, paged_read_cost(sizes, false));
+        result
+    }
+
+    async fn get_worker_metrics(&self, worker_id: &str) -> Result<Option<WorkerMetrics>, StoreError> {
+        let result = self.inner.get_worker_metrics(worker_id).await;
+        let size = match &result {
+            Ok(Some(row)) => {
+                self.saw_row(row);
+                metrics_size(row)
+            }
+            Ok(None) => {
+                self.row_sizes().remove(worker_id);
+                0
+            }
+            Err(_) => 0,
+        };
+        self.meter.charge(StoreTable::WorkerMetrics, DynamoDbOperation::GetItem, get_item_cost(size));
+        result
+    }
+
+    async fn heartbeat_worker(&self, row: &WorkerMetrics, replaces: Option<&str>) -> Result<WorkerMetrics, StoreError> {
+        let result = self.inner.heartbeat_worker(row, replaces).await;
+        // The row before is the same worker's previous heartbeat, of about the same size as the
+        // row after, which the UpdateItem returns (at no read cost).
+        let (before, after) = match &result {
+            Ok(written) => {
+                self.saw_row(written);
+                let size = metrics_size(written);
+                (size, size)
+            }
+            // The refused write weighs the row that refused it against the row it would have written.
+            Err(StoreError::HeartbeatRowTaken { current: Some(current) }) => {
+                self.saw_row(current);
+                (metrics_size(current), metrics_size(row))
+            }
+            Err(_) => (metrics_size(row), metrics_size(row)),
+        };
+        // A heartbeat with no heartbeat is refused before any request.
+        if row.heartbeat.is_some() {
+            self.meter.charge(StoreTable::WorkerMetrics, DynamoDbOperation::UpdateItem, write_cost(before, after, 0));
+        }
+        result
+    }
+
+    /// Charged as an `UpdateItem` of the worker's row as this wrapper last saw it, or, when it
+    /// saw none, of the smallest heartbeat row the signal can land on (a 32-character
+    /// incarnation, no samples, the signal applied): under 1 KiB either way for any row without
+    /// large sample lists, so 1 write unit.
+    async fn signal_worker(&self, worker_id: &str, signal: &WorkerSignal) -> Result<(), StoreError> {
+        let result = self.inner.signal_worker(worker_id, signal).await;
+        let seen = self.row_sizes().get(worker_id).copied();
+        let size = seen.unwrap_or_else(|| signalled_row_estimate(worker_id, signal));
+        self.meter.charge(StoreTable::WorkerMetrics, DynamoDbOperation::UpdateItem, write_cost(size, size, 0));
         result
     }
 
     async fn delete_worker_metrics(&self, worker_id: &str, expected_last_update_secs: u64) -> Result<(), StoreError> {
         let result = self.inner.delete_worker_metrics(worker_id, expected_last_update_secs).await;
+        if result.is_ok() {
+            self.row_sizes().remove(worker_id);
+        }
         self.meter.charge(StoreTable::WorkerMetrics, DynamoDbOperation::DeleteItem, write_cost(0, 0, 0));
         result
     }
@@ -459,7 +568,7 @@ impl fmt::Display for RequestCost {
 
 #[cfg(test)]
 mod tests {
-    use kcl::store::memory::MemoryLeaseStore;
+    use kcl::store::memory::{MemoryLeaseStore, MemoryWorkerMetricsStore};
     use kinesis_core::ExtendedSequenceNumber;
 
     use super::*;
@@ -503,6 +612,53 @@ mod tests {
 
         meter.reset();
         assert!(meter.snapshot().is_empty());
+    }
+
+    #[tokio::test]
+    async fn heartbeats_and_signals_are_updates_of_the_row() {
+        let meter = CostMeter::new();
+        let store = meter.meter(MemoryWorkerMetricsStore::new());
+        let heartbeat = WorkerHeartbeat {
+            incarnation: "a".repeat(32),
+            beat: 1,
+            lease_changes: 0,
+            held_leases: 2,
+            throughput_kbps: 10.5,
+        };
+        let row = WorkerMetrics {
+            metric_stats: [("C".to_owned(), vec![10.0; 30])].into_iter().collect(),
+            heartbeat: Some(heartbeat),
+            ..WorkerMetrics::new("worker-1", 1_700_000_000)
+        };
+        let written = store.heartbeat_worker(&row, None).await.expect("heartbeat");
+        let size = metrics_size(&written);
+        let update = charged(&meter, DynamoDbOperation::UpdateItem);
+        assert_eq!((update.requests, update.bytes, update.read_units, update.write_units), (1, size, 0.0, 1.0));
+        assert_eq!(charged(&meter, DynamoDbOperation::GetItem), RequestCost::default(), "ReturnValues reads nothing");
+
+        // The signal is charged for the row the heartbeat returned.
+        store.signal_worker("worker-1", &WorkerSignal::Assignments { assigned_leases: 2 }).await.expect("signal");
+        let update = charged(&meter, DynamoDbOperation::UpdateItem);
+        assert_eq!((update.requests, update.bytes, update.write_units), (2, 2 * size, 2.0));
+        // A row never seen: the estimate, a failed condition still charged.
+        assert!(store.signal_worker("worker-2", &WorkerSignal::Standby(None)).await.is_err());
+        let estimate = signalled_row_estimate("worker-2", &WorkerSignal::Standby(None));
+        assert!(estimate > 0 && estimate < WRITE_UNIT_BYTES);
+        assert_eq!(charged(&meter, DynamoDbOperation::UpdateItem).bytes, 2 * size + estimate);
+
+        store.get_worker_metrics("worker-1").await.expect("get");
+        let get = charged(&meter, DynamoDbOperation::GetItem);
+        assert_eq!((get.requests, get.read_units), (1, 1.0), "a consistent read");
+        assert!(get.bytes > size, "the signal made the row larger");
+        store.list_worker_metrics().await.expect("scan");
+        assert_eq!(charged(&meter, DynamoDbOperation::Scan).read_units, 0.5, "eventually consistent");
+        // A second process refused: the stored row against the one it would have written.
+        let other = WorkerMetrics {
+            heartbeat: Some(WorkerHeartbeat { incarnation: "b".repeat(32), ..row.heartbeat.clone().expect("set") }),
+            ..row
+        };
+        assert!(store.heartbeat_worker(&other, None).await.is_err());
+        assert_eq!(charged(&meter, DynamoDbOperation::UpdateItem).requests, 4);
     }
 
     #[test]

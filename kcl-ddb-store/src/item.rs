@@ -13,7 +13,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use bytes::Bytes;
 use kcl::Lease;
 use kcl::lease::WriteToken;
-use kcl::store::{LockItem, StoreError, WorkerMetrics};
+use kcl::store::{LockItem, StandbyStamp, StoreError, WorkerHeartbeat, WorkerMetrics, WorkerSignals};
 use kinesis_core::{ExtendedSequenceNumber, HashKeyRange};
 
 /// A DynamoDB item.
@@ -84,6 +84,33 @@ pub mod metrics_attr {
     pub const STATS: &str = "sts";
     /// Operating range: map of metric name to list of numbers.
     pub const OPERATING_RANGE: &str = "opr";
+
+    // The heartbeat and the leader's signals of a worker in heartbeat-lease mode. None of these
+    // is a Java KCL attribute: the Java KCL ignores attributes it does not know, and reads such a
+    // row as a plain report.
+
+    /// Heartbeat: the incarnation of the process that heartbeats the row (S). A row has a
+    /// heartbeat exactly when it has this attribute.
+    pub const HB_INCARNATION: &str = "hbInc";
+    /// Heartbeat: the process's heartbeat count (N).
+    pub const HB_BEAT: &str = "hbBeat";
+    /// Heartbeat: the worker's count of lease-set changes the leader must act on (N).
+    pub const HB_LEASE_CHANGES: &str = "hbChanges";
+    /// Heartbeat: how many leases the worker holds (N).
+    pub const HB_HELD_LEASES: &str = "hbLeases";
+    /// Heartbeat: the held leases' summed throughput, KB/s (N).
+    pub const HB_THROUGHPUT: &str = "hbKbps";
+    /// Signal (written by the leader only): the assignment version, raised on every change of the
+    /// worker's leases (N; absent = 0).
+    pub const HB_ASSIGNMENT_VERSION: &str = "hbAsv";
+    /// Signal: how many leases the leader had the worker own when it last raised the version (N;
+    /// absent = 0).
+    pub const HB_ASSIGNED_LEASES: &str = "hbAssigned";
+    /// Signal: on the leader's standby, the leader lock's record version as last heartbeated (S;
+    /// absent = no stamp).
+    pub const HB_STANDBY_VERSION: &str = "hbStandby";
+    /// Signal: with [`HB_STANDBY_VERSION`], the lock's lease duration in milliseconds (N).
+    pub const HB_STANDBY_MILLIS: &str = "hbStandbyMs";
 }
 
 pub(crate) fn s(value: impl Into<String>) -> AttributeValue {
@@ -255,7 +282,7 @@ pub fn item_to_lock(item: &Item, table: &str) -> Result<LockItem, StoreError> {
     })
 }
 
-fn number_lists(map: &BTreeMap<String, Vec<f64>>) -> AttributeValue {
+pub(crate) fn number_lists(map: &BTreeMap<String, Vec<f64>>) -> AttributeValue {
     AttributeValue::M(map.iter().map(|(k, v)| (k.clone(), AttributeValue::L(v.iter().map(n).collect()))).collect())
 }
 
@@ -278,7 +305,8 @@ fn read_number_lists(item: &Item, name: &str, table: &str) -> Result<BTreeMap<St
         .collect()
 }
 
-/// The item the worker-metrics table holds.
+/// The item the worker-metrics table holds: the Java KCL's attributes, plus the heartbeat's when
+/// there is one and the signals that differ from their defaults.
 pub fn metrics_to_item(metrics: &WorkerMetrics) -> Item {
     use metrics_attr::*;
     let mut item = Item::new();
@@ -286,16 +314,171 @@ pub fn metrics_to_item(metrics: &WorkerMetrics) -> Item {
     item.insert(LAST_UPDATE.into(), n(metrics.last_update_secs));
     item.insert(STATS.into(), number_lists(&metrics.metric_stats));
     item.insert(OPERATING_RANGE.into(), number_lists(&metrics.operating_range));
+    if let Some(heartbeat) = &metrics.heartbeat {
+        item.extend(heartbeat_attributes(heartbeat));
+    }
+    let signals = &metrics.signals;
+    if signals.assignment_version != 0 {
+        item.insert(HB_ASSIGNMENT_VERSION.into(), n(signals.assignment_version));
+    }
+    if signals.assigned_leases != 0 {
+        item.insert(HB_ASSIGNED_LEASES.into(), n(signals.assigned_leases));
+    }
+    if let Some(stamp) = &signals.standby {
+        item.extend(standby_attributes(stamp));
+    }
     item
 }
 
-/// Reads a worker-metrics item.
+/// The attributes a heartbeat writes (besides `lut`, `sts` and `opr`).
+pub(crate) fn heartbeat_attributes(heartbeat: &WorkerHeartbeat) -> [(String, AttributeValue); 5] {
+    use metrics_attr::*;
+    [
+        (HB_INCARNATION.into(), s(&heartbeat.incarnation)),
+        (HB_BEAT.into(), n(heartbeat.beat)),
+        (HB_LEASE_CHANGES.into(), n(heartbeat.lease_changes)),
+        (HB_HELD_LEASES.into(), n(heartbeat.held_leases)),
+        (HB_THROUGHPUT.into(), n(heartbeat.throughput_kbps)),
+    ]
+}
+
+/// The attributes of a standby stamp.
+pub(crate) fn standby_attributes(stamp: &StandbyStamp) -> [(String, AttributeValue); 2] {
+    use metrics_attr::*;
+    [
+        (HB_STANDBY_VERSION.into(), s(&stamp.record_version)),
+        (HB_STANDBY_MILLIS.into(), n(stamp.lease_duration.as_millis())),
+    ]
+}
+
+/// A string attribute that must be of type S when present.
+fn get_s_strict<'a>(item: &'a Item, name: &str, table: &str) -> Result<Option<&'a str>, StoreError> {
+    match item.get(name) {
+        None => Ok(None),
+        Some(AttributeValue::S(text)) => Ok(Some(text)),
+        Some(_) => Err(malformed(table, format!("{name} is not of type S"))),
+    }
+}
+
+/// Reads a worker-metrics item. An item without `hbInc` (every item the Java KCL writes) has no
+/// heartbeat; absent signal attributes read as the defaults.
 pub fn item_to_metrics(item: &Item, table: &str) -> Result<WorkerMetrics, StoreError> {
     use metrics_attr::*;
+    let heartbeat = match get_s_strict(item, HB_INCARNATION, table)? {
+        None => None,
+        Some(incarnation) => Some(WorkerHeartbeat {
+            incarnation: incarnation.to_owned(),
+            beat: get_n(item, HB_BEAT, table)?.unwrap_or(0),
+            lease_changes: get_n(item, HB_LEASE_CHANGES, table)?.unwrap_or(0),
+            held_leases: get_n(item, HB_HELD_LEASES, table)?.unwrap_or(0),
+            throughput_kbps: get_n(item, HB_THROUGHPUT, table)?.unwrap_or(0.0),
+        }),
+    };
+    let standby = match get_s_strict(item, HB_STANDBY_VERSION, table)? {
+        None => None,
+        Some(record_version) => Some(StandbyStamp {
+            record_version: record_version.to_owned(),
+            lease_duration: Duration::from_millis(get_n(item, HB_STANDBY_MILLIS, table)?.unwrap_or(0)),
+        }),
+    };
     Ok(WorkerMetrics {
         worker_id: get_s(item, WORKER_ID).ok_or_else(|| malformed(table, "metrics item without wid"))?.to_owned(),
         last_update_secs: get_n(item, LAST_UPDATE, table)?.unwrap_or(0),
         metric_stats: read_number_lists(item, STATS, table)?,
         operating_range: read_number_lists(item, OPERATING_RANGE, table)?,
+        heartbeat,
+        signals: WorkerSignals {
+            assignment_version: get_n(item, HB_ASSIGNMENT_VERSION, table)?.unwrap_or(0),
+            assigned_leases: get_n(item, HB_ASSIGNED_LEASES, table)?.unwrap_or(0),
+            standby,
+        },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn heartbeat_row() -> WorkerMetrics {
+        WorkerMetrics {
+            metric_stats: [("C".to_owned(), vec![41.5, -1.0])].into_iter().collect(),
+            operating_range: [("C".to_owned(), vec![100.0])].into_iter().collect(),
+            heartbeat: Some(WorkerHeartbeat {
+                incarnation: "0123456789abcdef".into(),
+                beat: 42,
+                lease_changes: 3,
+                held_leases: 7,
+                throughput_kbps: 512.25,
+            }),
+            signals: WorkerSignals {
+                assignment_version: 9,
+                assigned_leases: 7,
+                standby: Some(StandbyStamp {
+                    record_version: "v-17".into(),
+                    lease_duration: Duration::from_millis(10_500),
+                }),
+            },
+            ..WorkerMetrics::new("worker-a", 1_763_900_000)
+        }
+    }
+
+    #[test]
+    fn heartbeat_rows_round_trip() {
+        let row = heartbeat_row();
+        let item = metrics_to_item(&row);
+        assert_eq!(item.get("hbInc"), Some(&s("0123456789abcdef")));
+        assert_eq!(item.get("hbStandbyMs"), Some(&n(10_500)));
+        assert_eq!(item_to_metrics(&item, "t").expect("readable"), row);
+
+        // Default signals write nothing; a heartbeat without them round-trips too.
+        let plain_signals = WorkerMetrics { signals: WorkerSignals::default(), ..row };
+        let item = metrics_to_item(&plain_signals);
+        for absent in ["hbAsv", "hbAssigned", "hbStandby", "hbStandbyMs"] {
+            assert!(!item.contains_key(absent), "{absent} is written only when set");
+        }
+        assert_eq!(item_to_metrics(&item, "t").expect("readable"), plain_signals);
+    }
+
+    #[test]
+    fn java_rows_have_no_heartbeat() {
+        let java = WorkerMetrics {
+            metric_stats: [("C".to_owned(), vec![10.0])].into_iter().collect(),
+            ..WorkerMetrics::new("java-worker", 1_763_900_000)
+        };
+        let item = metrics_to_item(&java);
+        assert_eq!(
+            item.keys().map(String::as_str).collect::<std::collections::BTreeSet<_>>(),
+            ["lut", "opr", "sts", "wid"].into()
+        );
+        let read = item_to_metrics(&item, "t").expect("readable");
+        assert_eq!(read.heartbeat, None);
+        assert_eq!(read.signals, WorkerSignals::default());
+        assert_eq!(read, java);
+    }
+
+    #[test]
+    fn partial_and_malformed_heartbeat_attributes() {
+        let mut item = metrics_to_item(&WorkerMetrics::new("w", 1));
+        item.insert("hbInc".into(), s("inc"));
+        let read = item_to_metrics(&item, "t").expect("missing counters read as 0");
+        assert_eq!(
+            read.heartbeat,
+            Some(WorkerHeartbeat {
+                incarnation: "inc".into(),
+                beat: 0,
+                lease_changes: 0,
+                held_leases: 0,
+                throughput_kbps: 0.0
+            })
+        );
+        item.insert("hbBeat".into(), s("7"));
+        assert!(matches!(item_to_metrics(&item, "t"), Err(StoreError::Malformed { .. })), "hbBeat of type S");
+        item.insert("hbBeat".into(), n(7));
+        item.insert("hbInc".into(), n(1));
+        assert!(matches!(item_to_metrics(&item, "t"), Err(StoreError::Malformed { .. })), "hbInc of type N");
+        item.insert("hbInc".into(), s("inc"));
+        item.insert("hbStandby".into(), s("v"));
+        item.insert("hbStandbyMs".into(), AttributeValue::N("-5".into()));
+        assert!(matches!(item_to_metrics(&item, "t"), Err(StoreError::Malformed { .. })), "negative duration");
+    }
 }

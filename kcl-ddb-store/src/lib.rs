@@ -8,7 +8,7 @@
 //! |---|---|---|---|
 //! | [`DynamoDbLeaseStore`] | `<app>` | `leaseKey` (S) | GSI `LeaseOwnerToLeaseKeyIndex` (`leaseOwner` → `leaseKey`, keys only) |
 //! | [`DynamoDbCoordinatorStore`] | `<app>-CoordinatorState` | `key` (S) | the `Leader` lock item |
-//! | [`DynamoDbWorkerMetricsStore`] | `<app>-WorkerMetricStats` | `wid` (S) | `lut`, `sts`, `opr` |
+//! | [`DynamoDbWorkerMetricsStore`] | `<app>-WorkerMetricStats` | `wid` (S) | `lut`, `sts`, `opr`; in heartbeat-lease mode also the worker's heartbeat (`hbInc`, `hbBeat`, `hbChanges`, `hbLeases`, `hbKbps`) and the leader's signals (`hbAsv`, `hbAssigned`, `hbStandby`, `hbStandbyMs`), which the Java KCL ignores |
 //!
 //! Tables are created on first use (on-demand billing by default, optional tags and deletion
 //! protection) and the builder waits until they and the index are active; an existing table

@@ -55,6 +55,7 @@ conformance_test!(lists_keys_by_owner, lease_store);
 conformance_test!(writes_carry_their_token, lease_store);
 conformance_test!(leader_lock, coordinator_store);
 conformance_test!(worker_metrics, worker_metrics_store);
+conformance_test!(worker_heartbeats, worker_metrics_store);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_takers_exactly_one_wins() {

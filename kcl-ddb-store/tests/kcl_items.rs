@@ -169,6 +169,8 @@ fn lock_and_worker_metrics_items() {
         last_update_secs: 1_763_900_000,
         metric_stats: [("C".to_owned(), vec![41.5, -1.0, 38.0]), ("T".to_owned(), vec![900.25])].into_iter().collect(),
         operating_range: [("C".to_owned(), vec![100.0]), ("T".to_owned(), vec![100.0])].into_iter().collect(),
+        heartbeat: None,
+        signals: Default::default(),
     };
     assert_eq!(metrics, expected);
     assert_eq!(normalize(&item::metrics_to_item(&expected)), normalize(&metrics_item));

@@ -240,6 +240,7 @@ mod tests {
         let worker = HeldLeaseContext {
             worker_id: Arc::from("w1"),
             lease_duration: Duration::from_secs(10),
+            heartbeat_bound: false,
             abort: &abort,
             shutdown: &shutdown,
             fencing: Arc::new(Fencing::default()),

@@ -5,11 +5,12 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use kinesis_core::aggregation::DecodeLimits;
 use kinesis_core::{Kinesis, ShardId, StreamRef};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -21,7 +22,7 @@ use crate::lease_renewer::{Fencing, HeldLease, HeldLeaseContext, LeaseRegistry};
 use crate::metrics::WorkerMetricHandles;
 use crate::processor::ShardRecordProcessorFactory;
 use crate::retrieval::fanout::FanOutConsumer;
-use crate::store::{CoordinatorStore, LeaseStore, WorkerMetricsStore};
+use crate::store::{CoordinatorStore, LeaseStore, WorkerMetricsStore, WorkerSignals};
 
 /// Where a held shard is in its lifecycle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -115,6 +116,18 @@ pub(crate) struct WorkerContext {
     pub tracker: TaskTracker,
     pub metrics: WorkerMetricHandles,
     pub wall: WallClock,
+    /// Heartbeat mode: the signals the leader left on this worker's row, as the last heartbeat
+    /// returned them.
+    pub signals: watch::Sender<WorkerSignals>,
+    /// Asks lease discovery for a pass now (the assignment version changed, a heartbeat
+    /// recovered, or the last pass found less than the leader assigned).
+    pub discovery_wanted: Notify,
+    /// Set by discovery when its pass found fewer leases than the leader says it assigned (the
+    /// owner index lags) or a lease still in handoff: the next heartbeat asks for another pass.
+    pub discovery_incomplete: AtomicBool,
+    /// Counts this worker's changes to the lease set the leader must act on (leases released or
+    /// finished, child leases created); reported on the heartbeat row.
+    pub lease_changes: AtomicU64,
 }
 
 impl WorkerContext {
@@ -123,6 +136,7 @@ impl WorkerContext {
         let worker = HeldLeaseContext {
             worker_id: self.worker_id.clone(),
             lease_duration: self.config.lease_duration,
+            heartbeat_bound: self.config.heartbeat().is_some(),
             abort: &self.abort,
             shutdown: &self.shutdown,
             fencing: self.fencing.clone(),
@@ -186,6 +200,11 @@ impl WorkerContext {
         self.state.send_modify(|s| {
             s.stopped_shards.insert(key.to_owned(), error);
         });
+    }
+
+    /// Records a change of the lease set the leader must act on (heartbeat mode reports it).
+    pub fn note_lease_change(&self) {
+        self.lease_changes.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn set_leader(&self, leader: bool) {

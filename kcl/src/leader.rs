@@ -61,6 +61,25 @@
 //! replaced leader is excluded at a takeover too. Rows unchanged for
 //! `stale_worker_metrics_cleanup` are deleted.
 
+//!
+//! # Heartbeat mode
+//!
+//! With [`LeaseMode::WorkerHeartbeat`](crate::config::LeaseMode) a worker's row is its
+//! heartbeat. The leader reads the rows (eventually consistent, one small scan) every assignment
+//! interval and exactly when a row would have been unchanged for a lease duration; a row that
+//! looks so is read again consistently before its worker is judged dead — the worker has fenced
+//! itself by then (it stops every shard a lease duration after it sent its last heartbeat that
+//! landed). A dead worker's leases are taken conditionally on their counters. The lease table is
+//! read only when the rows show a change (a worker joining, restarting, leaving, becoming
+//! eligible or not, dying; a worker's lease-change count moving; load out of balance, at most
+//! every `balance_interval`), when a pass owes work, when some lease's holder has no heartbeat
+//! row (its counter is then watched as in per-lease mode), and every `full_scan_interval`. Each
+//! worker whose leases a pass moved gets a signal on its row (its assignment version, and how
+//! many leases it now owns), which its next heartbeat returns. With every lock heartbeat the
+//! leader stamps the lock's version on two standbys' rows; a standby takes the lock when the
+//! stamp has not changed for the lock's lease duration (conditionally on that version), so the
+//! other workers read the lock only every `leader_check_interval`.
+
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -73,8 +92,11 @@ use crate::context::WorkerContext;
 use crate::lease::{Lease, WriteToken};
 use crate::lineage;
 use crate::shard_sync::{self, GarbageLeases, Synced};
-use crate::store::{LockItem, StoreError, WorkerMetrics};
+use crate::store::{LockItem, StandbyStamp, StoreError, WorkerMetrics, WorkerSignal};
 use crate::worker_metrics::{cpu_of, max_cpu_of};
+
+/// How many workers the leader stamps as standbys (heartbeat mode).
+const STANDBYS: usize = 2;
 
 /// The key of the leader lock in the coordinator store.
 pub const LEADER_LOCK_KEY: &str = "Leader";
@@ -148,11 +170,17 @@ impl ExpiryTracker {
                 }))
     }
 
-    /// The earliest instant at which one of these owned leases would expire, if not yet expired.
-    pub fn next_expiry(&self, leases: &[Lease], now: Instant) -> Option<Instant> {
+    /// Whether the lease's holder fenced itself at the lease's current counter.
+    pub fn is_fenced(&self, lease: &Lease) -> bool {
+        lease.lease_owner.is_some() && self.fenced.get(&lease.lease_key) == Some(&lease.lease_counter)
+    }
+
+    /// The earliest instant at which one of these owned leases would expire by its counter, if
+    /// not yet expired; `by_counter` picks the leases judged so.
+    pub fn next_expiry(&self, leases: &[Lease], now: Instant, by_counter: impl Fn(&Lease) -> bool) -> Option<Instant> {
         leases
             .iter()
-            .filter(|l| l.lease_owner.is_some() && !l.is_finished())
+            .filter(|l| l.lease_owner.is_some() && !l.is_finished() && by_counter(l))
             .filter_map(|l| self.seen.get(&l.lease_key))
             .map(|seen| seen.since + self.lease_duration)
             .filter(|at| *at > now)
@@ -180,6 +208,10 @@ pub(crate) struct WorkerLiveness {
     /// Whether a row seen for the first time counts as alive: yes for a leader of a fleet that is
     /// starting (the lock was free); no after a takeover, when a row may be a dead worker's last.
     trust_first_sightings: bool,
+    /// Workers whose row carries a heartbeat (heartbeat mode), with its incarnation.
+    heartbeat_rows: HashMap<String, String>,
+    /// Heartbeat workers confirmed dead, with the row value that was confirmed unchanged.
+    confirmed_dead: HashMap<String, u64>,
 }
 
 #[derive(Debug)]
@@ -205,7 +237,14 @@ struct Exclusion {
 
 impl WorkerLiveness {
     pub fn new(dead_after: Duration) -> Self {
-        WorkerLiveness { dead_after, seen: HashMap::new(), excluded: HashMap::new(), trust_first_sightings: true }
+        WorkerLiveness {
+            dead_after,
+            seen: HashMap::new(),
+            excluded: HashMap::new(),
+            trust_first_sightings: true,
+            heartbeat_rows: HashMap::new(),
+            confirmed_dead: HashMap::new(),
+        }
     }
 
     /// Whether rows seen only once count as alive (see the field).
@@ -216,6 +255,16 @@ impl WorkerLiveness {
     pub fn observe_all(&mut self, rows: &[WorkerMetrics], now: Instant) {
         let ids: HashSet<&str> = rows.iter().map(|r| r.worker_id.as_str()).collect();
         self.seen.retain(|k, _| ids.contains(k.as_str()));
+        self.heartbeat_rows = rows
+            .iter()
+            .filter_map(|r| r.heartbeat.as_ref().map(|h| (r.worker_id.clone(), h.incarnation.clone())))
+            .collect();
+        self.confirmed_dead.retain(|id, secs| rows.iter().any(|r| r.worker_id == *id && r.last_update_secs == *secs));
+        self.observe_rows(rows, now);
+    }
+
+    /// Records rows without forgetting the others (a consistent read of one row).
+    pub fn observe_rows(&mut self, rows: &[WorkerMetrics], now: Instant) {
         for row in rows {
             match self.seen.get_mut(&row.worker_id) {
                 Some(seen) if seen.secs == row.last_update_secs => seen.last_seen = now,
@@ -243,6 +292,45 @@ impl WorkerLiveness {
                 }
             }
         }
+    }
+
+    /// Whether `worker`'s row carries a heartbeat: its leases are judged by the heartbeat rule,
+    /// not by their counters.
+    pub fn has_heartbeat(&self, worker: &str) -> bool {
+        self.heartbeat_rows.contains_key(worker)
+    }
+
+    /// The heartbeat rows a `lease_duration` unchanged on this leader's clock and not yet
+    /// confirmed dead: to be confirmed with a consistent read.
+    pub fn heartbeat_suspects(&self, lease_duration: Duration, now: Instant) -> Vec<(String, u64)> {
+        self.heartbeat_rows
+            .keys()
+            .filter(|id| !self.confirmed_dead.contains_key(*id))
+            .filter_map(|id| self.seen.get(id).map(|seen| (id, seen)))
+            .filter(|(_, seen)| now.saturating_duration_since(seen.since) >= lease_duration)
+            .map(|(id, seen)| (id.clone(), seen.secs))
+            .collect()
+    }
+
+    /// Records that a consistent read found `worker`'s row still at `secs`: the worker is dead.
+    pub fn confirm_dead(&mut self, worker: &str, secs: u64) {
+        self.confirmed_dead.insert(worker.to_owned(), secs);
+    }
+
+    /// Whether `worker` is a heartbeat worker confirmed dead (its row unchanged since).
+    pub fn is_confirmed_dead(&self, worker: &str) -> bool {
+        self.confirmed_dead.contains_key(worker)
+    }
+
+    /// The earliest instant a heartbeat row that has not changed would become a suspect.
+    pub fn next_heartbeat_judgement(&self, lease_duration: Duration, now: Instant) -> Option<Instant> {
+        self.heartbeat_rows
+            .keys()
+            .filter(|id| !self.confirmed_dead.contains_key(*id))
+            .filter_map(|id| self.seen.get(id))
+            .map(|seen| seen.since + lease_duration)
+            .filter(|at| *at > now)
+            .min()
     }
 
     /// Excludes `worker` from receiving leases: a lease it held expired (or it was the leader
@@ -304,9 +392,26 @@ struct Held {
     /// When the last successful heartbeat (or the acquisition) was sent.
     last_heartbeat_ok: Instant,
     next_heartbeat: Instant,
-    next_pass: Instant,
+    /// The next read of the worker rows (heartbeat mode) or assignment pass (per-lease mode).
+    next_scan: Instant,
+    /// No pass before this (the settling after taking office).
+    first_pass_at: Instant,
     next_sync: Instant,
+    /// Heartbeat mode: the next safety-net pass (a full lease-table read with nothing signalled).
+    next_full_scan: Instant,
+    /// Heartbeat mode: when load drift may next start a balancing pass.
+    next_drift_balance: Instant,
     passes: u64,
+}
+
+/// What a read of the worker rows showed that calls for an assignment pass (heartbeat mode).
+#[derive(Debug, Default)]
+struct RowEvents {
+    /// A pass is called for.
+    pass: bool,
+    /// The fleet changed (a worker joined, left, died or restarted) or its load drifted: the
+    /// pass also balances.
+    balance: bool,
 }
 
 /// The leader-election and leader-duty loop of one worker.
@@ -323,14 +428,37 @@ pub(crate) struct Leader {
     fenced_predecessor: Option<String>,
     /// Leases without a shard, for the garbage-lease cleanup.
     garbage: GarbageLeases,
+    /// The lease table as the last pass read (and wrote) it.
+    leases: Vec<Lease>,
+    /// Per heartbeat row at the last read: its incarnation and lease-change count.
+    row_marks: HashMap<String, (String, u64)>,
+    /// The workers that could receive leases at the last read.
+    eligible: Vec<String>,
+    /// A pass is owed: the last one left work undone (a write failed, a lease found no worker)
+    /// or a shard sync created leases.
+    pass_owed: bool,
+    /// The workers stamped as standbys.
+    standbys: Vec<String>,
+    /// Heartbeat-mode follower: the stamp last seen on this worker's row and when it was first
+    /// seen.
+    stamp_seen: Option<(String, Instant)>,
+    /// A stamp the lock showed to be out of date (the leader stopped stamping this worker).
+    stale_stamp: Option<String>,
+    /// Heartbeat-mode follower without a stamp: the lock was seen heartbeated, so the next read
+    /// can wait the long check interval.
+    lock_seen_changing: bool,
+    /// When this worker last read the worker rows as a standby.
+    last_standby_scan: Option<Instant>,
 }
 
 impl Leader {
     pub fn new(ctx: Arc<WorkerContext>) -> Self {
         let lease_duration = ctx.config.lease_duration;
-        // A worker's metrics row changes every `worker_metrics_interval`; three missed reports
-        // mark it dead for assignment (it receives nothing) well before its leases expire.
-        let dead_after = (ctx.config.worker_metrics_interval * 3).min(lease_duration);
+        // A worker's metrics row changes every `worker_metrics_interval` (its heartbeat interval
+        // in heartbeat mode); three missed reports mark it dead for assignment (it receives
+        // nothing) well before its leases expire.
+        let report_interval = ctx.config.heartbeat_interval().unwrap_or(ctx.config.worker_metrics_interval);
+        let dead_after = (report_interval * 3).min(lease_duration);
         Leader {
             ctx,
             expiry: ExpiryTracker::new(lease_duration),
@@ -339,11 +467,21 @@ impl Leader {
             watched: None,
             fenced_predecessor: None,
             garbage: GarbageLeases::default(),
+            leases: Vec::new(),
+            row_marks: HashMap::new(),
+            eligible: Vec::new(),
+            pass_owed: false,
+            standbys: Vec::new(),
+            stamp_seen: None,
+            stale_stamp: None,
+            lock_seen_changing: false,
+            last_standby_scan: None,
         }
     }
 
     /// Runs until abort (drops everything) or shutdown (releases the lock).
     pub async fn run(mut self) {
+        let mut signals = self.ctx.signals.subscribe();
         loop {
             let wake = self.step().await;
             tokio::select! {
@@ -356,6 +494,12 @@ impl Leader {
                     return;
                 }
                 () = sleep_until(wake) => {}
+                // A heartbeat-mode follower's stamp changed: look at it now.
+                changed = signals.changed(), if self.held.is_none() && self.heartbeat_mode() => {
+                    if changed.is_err() {
+                        sleep_until(wake).await;
+                    }
+                }
             }
         }
     }
@@ -364,18 +508,19 @@ impl Leader {
         &self.ctx.worker_id
     }
 
+    fn heartbeat_mode(&self) -> bool {
+        self.ctx.config.heartbeat().is_some()
+    }
+
     /// One step; returns when to wake next.
     async fn step(&mut self) -> Instant {
         if self.held.is_none() {
-            self.contend().await;
+            let wake = match self.ctx.config.heartbeat().map(|h| h.leader_check_interval) {
+                Some(slow) => self.follow_in_heartbeat_mode(slow).await,
+                None => self.follow().await,
+            };
             if self.held.is_none() {
-                // Look again after the check interval, or exactly when the watched version will
-                // have been unchanged for the lock's lease duration.
-                let regular = Instant::now() + self.ctx.config.leader_check_interval;
-                return match &self.watched {
-                    Some((_, since, duration)) => regular.min((*since + *duration).max(Instant::now())),
-                    None => regular,
-                };
+                return wake;
             }
         }
         let now = Instant::now();
@@ -383,10 +528,13 @@ impl Leader {
             self.heartbeat().await;
         }
         if self.held.as_ref().is_some_and(|h| Instant::now() >= h.next_sync) {
-            match shard_sync::sync(&self.ctx, &mut self.garbage).await {
+            let cached = self.heartbeat_mode() && !self.leases.is_empty();
+            let leases = cached.then(|| self.leases.clone());
+            match shard_sync::sync(&self.ctx, &mut self.garbage, leases).await {
                 Ok(synced) if synced == Synced::default() => {}
                 Ok(synced) => {
-                    tracing::info!(created = synced.created, deleted = synced.deleted, "shard sync changed leases")
+                    tracing::info!(created = synced.created, deleted = synced.deleted, "shard sync changed leases");
+                    self.pass_owed = true;
                 }
                 Err(e) => tracing::warn!(error = %e, "shard sync failed"),
             }
@@ -394,16 +542,87 @@ impl Leader {
                 h.next_sync = Instant::now() + self.ctx.config.shard_sync_interval;
             }
         }
-        if self.held.as_ref().is_some_and(|h| Instant::now() >= h.next_pass) {
-            let next = self.assignment_pass().await;
+        if self.held.as_ref().is_some_and(|h| Instant::now() >= h.next_scan.max(h.first_pass_at)) {
+            let next =
+                if self.heartbeat_mode() { self.scan_rows().await } else { self.assignment_pass(None, false).await };
             if let Some(h) = self.held.as_mut() {
-                h.next_pass = next;
+                h.next_scan = next;
             }
         }
         match &self.held {
-            Some(h) => h.next_heartbeat.min(h.next_pass).min(h.next_sync),
+            Some(h) => h.next_heartbeat.min(h.next_scan.max(h.first_pass_at)).min(h.next_sync),
             None => Instant::now() + self.ctx.config.leader_check_interval,
         }
+    }
+
+    /// A per-lease-mode follower: reads the lock every check interval and exactly when the
+    /// watched version will have been unchanged for the lock's lease duration.
+    async fn follow(&mut self) -> Instant {
+        self.contend().await;
+        let regular = Instant::now() + self.ctx.config.leader_check_interval;
+        match &self.watched {
+            Some((_, since, duration)) => regular.min((*since + *duration).max(Instant::now())),
+            None => regular,
+        }
+    }
+
+    /// A heartbeat-mode follower. The leader's standby learns the lock's version from the stamp
+    /// its own heartbeat returns, and reads the lock only once that version has been unchanged
+    /// for the lock's lease duration (then takes it, conditionally on that version). While the
+    /// stamp looks stale it reads the worker rows every assignment interval, so a takeover judges
+    /// the fleet at once. Any other follower reads the lock when it starts, a lease duration
+    /// later, and then every `slow` interval: a safety net for a standby that died with the
+    /// leader.
+    async fn follow_in_heartbeat_mode(&mut self, slow: Duration) -> Instant {
+        let now = Instant::now();
+        let stamp = self.ctx.signals.borrow().standby.clone();
+        let stamp = stamp.filter(|s| self.stale_stamp.as_deref() != Some(s.record_version.as_str()));
+        let Some(stamp) = stamp else {
+            let due = match &self.watched {
+                Some((_, since, duration)) if !self.lock_seen_changing => (*since + *duration).max(now),
+                Some((_, since, _)) => *since + slow,
+                None => now,
+            };
+            if now >= due {
+                let before = self.watched.as_ref().map(|(v, ..)| v.clone());
+                self.contend().await;
+                let after = self.watched.as_ref().map(|(v, ..)| v.clone());
+                if before.is_some() && after.is_some() && before != after {
+                    self.lock_seen_changing = true;
+                }
+                return match &self.watched {
+                    Some((_, since, duration)) if !self.lock_seen_changing => (*since + *duration).max(now),
+                    _ => Instant::now() + slow,
+                };
+            }
+            return due;
+        };
+        let since = match &self.stamp_seen {
+            Some((version, since)) if *version == stamp.record_version => *since,
+            _ => {
+                self.stamp_seen = Some((stamp.record_version.clone(), now));
+                now
+            }
+        };
+        self.watched = Some((stamp.record_version.clone(), since, stamp.lease_duration));
+        let unchanged = now.saturating_duration_since(since);
+        if unchanged >= stamp.lease_duration {
+            self.contend().await;
+            if self.held.is_none() && self.watched.as_ref().is_some_and(|(v, ..)| *v != stamp.record_version) {
+                // The lock moved on without this worker's stamp: it is no longer the standby
+                // (or the stamps fail); watch the lock by reading it from now on.
+                self.stale_stamp = Some(stamp.record_version.clone());
+                self.stamp_seen = None;
+                self.lock_seen_changing = true;
+            }
+            return Instant::now() + self.ctx.config.assignment_interval();
+        }
+        let suspect_after = self.ctx.config.leader_heartbeat_interval * 2;
+        if unchanged >= suspect_after {
+            self.standby_scan().await;
+            return (since + stamp.lease_duration).min(Instant::now() + self.ctx.config.assignment_interval());
+        }
+        (since + suspect_after).min(since + stamp.lease_duration)
     }
 
     async fn contend(&mut self) {
@@ -461,24 +680,39 @@ impl Leader {
     }
 
     /// Takes office. `takeover`: the lock was taken from a leader that stopped heartbeating (the
-    /// fleet is running, pass at once); otherwise the lock was free (the fleet may be starting:
-    /// wait up to 2 s so workers starting together report their metrics before the first pass).
+    /// fleet is running, pass at once — or after one read of the rows if this worker has not
+    /// watched them lately); otherwise the lock was free (the fleet may be starting: wait up to
+    /// 2 s so workers starting together report their metrics before the first pass).
     fn become_leader(&mut self, lock: LockItem, takeover: bool, sent_at: Instant) {
         let now = Instant::now();
         // From now on every held lease ends with the lock unless it is heartbeated (the fence).
         self.ctx.fencing.set_deadline(Some(sent_at + lock.lease_duration));
         tracing::info!(worker = %self.ctx.worker_id, takeover, "became leader");
-        let settle =
-            if takeover { Duration::ZERO } else { self.ctx.config.assignment_interval().min(Duration::from_secs(2)) };
+        let interval = self.ctx.config.assignment_interval();
+        let watched_rows = self
+            .last_standby_scan
+            .is_some_and(|at| now.saturating_duration_since(at) <= self.ctx.config.leader_heartbeat_interval * 4);
+        let settle = match (takeover, watched_rows || !self.heartbeat_mode()) {
+            (true, true) => Duration::ZERO,
+            (true, false) => interval,
+            (false, _) => interval.min(Duration::from_secs(2)),
+        };
+        let full_scan = self.ctx.config.heartbeat().map_or(interval, |h| h.full_scan_interval);
         self.held = Some(Held {
             lock,
             last_heartbeat_ok: sent_at,
             next_heartbeat: now + self.ctx.config.leader_heartbeat_interval,
-            next_pass: now + settle,
+            // Heartbeat mode reads the rows at once (the settling delays only the pass).
+            next_scan: if self.heartbeat_mode() { now } else { now + settle },
+            first_pass_at: now + settle,
             next_sync: now,
+            next_full_scan: now + full_scan,
+            next_drift_balance: now,
             passes: 0,
         });
+        self.pass_owed = true;
         self.watched = None;
+        self.stamp_seen = None;
         // After a takeover the fleet is running and a row may be a dead worker's last report:
         // only rows seen changing (the standby scans watched them) count as alive.
         self.liveness.trust_first_sightings(!takeover);
@@ -490,6 +724,7 @@ impl Leader {
     fn step_down(&mut self, why: &str) {
         if self.held.take().is_some() {
             tracing::warn!(why, "no longer leader");
+            self.standbys.clear();
             self.ctx.metrics.is_leader.set(0.0);
             self.ctx.set_leader(false);
         }
@@ -511,6 +746,7 @@ impl Leader {
                     held.lock = lock;
                     held.last_heartbeat_ok = now;
                     held.next_heartbeat = now + interval;
+                    self.stamp_standby().await;
                     return;
                 }
                 Err(StoreError::LockLost { current: Some(current) })
@@ -539,11 +775,53 @@ impl Leader {
         }
     }
 
+    /// Stamps the lock as just heartbeated on the standbys' rows: the two live heartbeat workers
+    /// with the smallest ids other than this one (two, so that a standby dying shortly before
+    /// the leader leaves one watching). Stamps on former standbys are cleared first.
+    async fn stamp_standby(&mut self) {
+        let Some(held) = self.held.as_ref() else { return };
+        let stamp =
+            StandbyStamp { record_version: held.lock.record_version.clone(), lease_duration: held.lock.lease_duration };
+        let now = Instant::now();
+        let me = self.me().to_owned();
+        let mut candidates: Vec<String> = self
+            .eligible
+            .iter()
+            .filter(|w| **w != me && self.liveness.has_heartbeat(w) && self.liveness.is_alive(w, now))
+            .cloned()
+            .collect();
+        candidates.sort();
+        candidates.truncate(STANDBYS);
+        let store = self.ctx.metrics_store.clone();
+        for previous in self.standbys.iter().filter(|w| !candidates.contains(w)) {
+            let _ = store.signal_worker(previous, &WorkerSignal::Standby(None)).await;
+        }
+        let mut stamped = Vec::new();
+        for standby in candidates {
+            match store.signal_worker(&standby, &WorkerSignal::Standby(Some(stamp.clone()))).await {
+                Ok(()) => stamped.push(standby),
+                Err(e) => tracing::debug!(worker = %standby, error = %e, "stamping a standby failed"),
+            }
+        }
+        self.standbys = stamped;
+    }
+
     async fn resign(&mut self) {
         if let Some(held) = self.held.take() {
             match self.ctx.coordinator_store.release_lock(&held.lock).await {
-                // Nobody will take over from a watched version: the fence is no longer needed.
-                Ok(()) => self.ctx.fencing.set_deadline(None),
+                Ok(()) => {
+                    // Nobody will take over from a watched version: the fence is no longer needed.
+                    self.ctx.fencing.set_deadline(None);
+                    // A stamp with no lease duration sends the standbys to the lock at once.
+                    for standby in std::mem::take(&mut self.standbys) {
+                        let stamp = StandbyStamp {
+                            record_version: held.lock.record_version.clone(),
+                            lease_duration: Duration::ZERO,
+                        };
+                        let _ =
+                            self.ctx.metrics_store.signal_worker(&standby, &WorkerSignal::Standby(Some(stamp))).await;
+                    }
+                }
                 // The lock may still be taken over after its lease duration: keep the fence.
                 Err(e) => tracing::warn!(error = %e, "releasing the leader lock failed"),
             }
@@ -552,35 +830,212 @@ impl Leader {
         }
     }
 
-    /// Reads leases and metrics only to record observations (the leader looks dead).
+    /// Reads the worker rows (and, in per-lease mode, the leases) only to record observations
+    /// (the leader looks dead).
     async fn standby_scan(&mut self) {
         let now = Instant::now();
-        if let Ok(leases) = self.ctx.lease_store.list_leases().await {
+        if !self.heartbeat_mode()
+            && let Ok(leases) = self.ctx.lease_store.list_leases().await
+        {
             for worker in self.expiry.observe_all(&leases, now) {
                 self.liveness.forgive(&worker);
             }
         }
         if let Ok(rows) = self.ctx.metrics_store.list_worker_metrics().await {
             self.liveness.observe_all(&rows, now);
+            self.last_standby_scan = Some(now);
         }
     }
 
-    /// One assignment pass; returns when the next one is due.
-    async fn assignment_pass(&mut self) -> Instant {
+    /// Heartbeat mode: reads the worker rows, judges the heartbeats, and runs an assignment pass
+    /// only when something calls for one; returns when to read the rows next.
+    async fn scan_rows(&mut self) -> Instant {
         let interval = self.ctx.config.assignment_interval();
-        let (leases, rows) =
-            match (self.ctx.lease_store.list_leases().await, self.ctx.metrics_store.list_worker_metrics().await) {
-                (Ok(leases), Ok(rows)) => (leases, rows),
-                (Err(e), _) | (_, Err(e)) => {
-                    tracing::warn!(error = %e, "assignment pass could not read the stores");
-                    return Instant::now() + interval;
+        let rows = match self.ctx.metrics_store.list_worker_metrics().await {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the worker rows failed");
+                return Instant::now() + interval;
+            }
+        };
+        let now = Instant::now();
+        self.liveness.observe_all(&rows, now);
+        let mut events = self.row_events(&rows, now);
+        if self.confirm_deaths().await {
+            events.pass = true;
+            events.balance = true;
+        }
+        let now = Instant::now();
+        let Some(held) = self.held.as_mut() else { return now + interval };
+        let mut balance = events.balance;
+        if now >= held.next_full_scan {
+            events.pass = true;
+            balance = true;
+        }
+        if self.pass_owed || self.needs_counter_watch(now) {
+            events.pass = true;
+        }
+        if events.pass {
+            if let Some(held) = self.held.as_mut() {
+                held.next_full_scan = now + self.ctx.config.heartbeat().map_or(interval, |h| h.full_scan_interval);
+            }
+            self.assignment_pass(Some(rows), balance).await;
+        }
+        // The next read: the regular period, or exactly when a heartbeat row or a lease judged by
+        // its counter would expire.
+        let now = Instant::now();
+        let lease_duration = self.ctx.config.lease_duration;
+        let regular = now + interval;
+        let judgement = self.liveness.next_heartbeat_judgement(lease_duration, now);
+        let counters = self.next_counter_expiry(now);
+        let next =
+            [Some(regular), judgement.map(|at| at + Duration::from_millis(1)), counters].into_iter().flatten().min();
+        next.unwrap_or(regular).max(now + Duration::from_millis(100))
+    }
+
+    /// What the rows show changed since the last read: a worker joined, restarted or left, one
+    /// became eligible or not, a worker reported a change of its lease set, or — at most every
+    /// `balance_interval` — the load drifted out of balance.
+    fn row_events(&mut self, rows: &[WorkerMetrics], now: Instant) -> RowEvents {
+        let mut events = RowEvents::default();
+        let marks: HashMap<String, (String, u64)> = rows
+            .iter()
+            .filter_map(|r| {
+                r.heartbeat.as_ref().map(|h| (r.worker_id.clone(), (h.incarnation.clone(), h.lease_changes)))
+            })
+            .collect();
+        for (worker, (incarnation, changes)) in &marks {
+            match self.row_marks.get(worker) {
+                Some((seen_incarnation, _)) if seen_incarnation != incarnation => events.balance = true,
+                Some((_, seen_changes)) if seen_changes != changes => events.pass = true,
+                Some(_) => {}
+                None => events.balance = true,
+            }
+        }
+        if self.row_marks.keys().any(|w| !marks.contains_key(w)) {
+            events.balance = true;
+        }
+        self.row_marks = marks;
+        let me = self.me().to_owned();
+        let mut eligible: Vec<String> = rows
+            .iter()
+            .filter(|r| r.worker_id == me || self.liveness.is_alive(&r.worker_id, now))
+            .map(|r| r.worker_id.clone())
+            .collect();
+        eligible.sort();
+        if eligible != self.eligible {
+            events.balance = true;
+            self.eligible = eligible;
+        }
+        let drift_allowed = self.held.as_ref().is_some_and(|h| now >= h.next_drift_balance);
+        if drift_allowed && self.load_drifted(rows) {
+            events.balance = true;
+            if let Some(h) = self.held.as_mut() {
+                h.next_drift_balance = now + self.ctx.config.heartbeat().map_or(Duration::ZERO, |h| h.balance_interval);
+            }
+        }
+        events.pass |= events.balance;
+        events
+    }
+
+    /// Whether the eligible heartbeat workers' reported loads are out of balance: by throughput
+    /// when the fleet is not idle, else by lease count (a difference of one lease is balance).
+    fn load_drifted(&self, rows: &[WorkerMetrics]) -> bool {
+        let loads: Vec<(f64, f64)> = rows
+            .iter()
+            .filter(|r| self.eligible.contains(&r.worker_id))
+            .filter_map(|r| r.heartbeat.as_ref().map(|h| (h.held_leases as f64, h.throughput_kbps)))
+            .collect();
+        if loads.len() < 2 {
+            return false;
+        }
+        let n = loads.len() as f64;
+        let threshold = self.ctx.config.assignment.rebalance_threshold;
+        let mean_kbps = loads.iter().map(|l| l.1).sum::<f64>() / n;
+        if mean_kbps > self.ctx.config.assignment.idle_throughput_kbps {
+            return loads.iter().any(|l| (l.1 - mean_kbps).abs() > mean_kbps * threshold);
+        }
+        let mean_leases = loads.iter().map(|l| l.0).sum::<f64>() / n;
+        loads.iter().any(|l| (l.0 - mean_leases).abs() > (mean_leases * threshold).max(1.0))
+    }
+
+    /// Confirms with a consistent read every heartbeat row that looked unchanged for a lease
+    /// duration; returns whether a worker was found dead.
+    async fn confirm_deaths(&mut self) -> bool {
+        let suspects = self.liveness.heartbeat_suspects(self.ctx.config.lease_duration, Instant::now());
+        let mut found = false;
+        for (worker, secs) in suspects {
+            match self.ctx.metrics_store.get_worker_metrics(&worker).await {
+                Ok(Some(row)) if row.last_update_secs != secs => self.liveness.observe_rows(&[row], Instant::now()),
+                Ok(_) => {
+                    tracing::info!(%worker, "heartbeat not changed for a lease duration; the worker is dead");
+                    self.liveness.confirm_dead(&worker, secs);
+                    found = true;
                 }
-            };
+                Err(e) => tracing::warn!(%worker, error = %e, "confirming a heartbeat failed"),
+            }
+        }
+        found
+    }
+
+    /// Whether a lease is judged by its counter: its holder has no heartbeat row.
+    fn judged_by_counter(&self, lease: &Lease) -> bool {
+        lease.holder().is_some_and(|h| !self.liveness.has_heartbeat(h))
+    }
+
+    /// Whether some open lease is held by a worker without a heartbeat row (a Java KCL worker,
+    /// or one of ours in per-lease mode): its counter must be watched every assignment interval.
+    fn needs_counter_watch(&self, _now: Instant) -> bool {
+        self.leases.iter().any(|l| !l.is_finished() && self.judged_by_counter(l))
+    }
+
+    fn next_counter_expiry(&self, now: Instant) -> Option<Instant> {
+        self.expiry
+            .next_expiry(&self.leases, now, |l| self.judged_by_counter(l))
+            .map(|at| at + Duration::from_millis(1))
+    }
+
+    /// Whether `lease` is expired: its holder fenced itself (a replaced leader); a heartbeat
+    /// holder was confirmed dead; any other holder left its counter unchanged for a lease
+    /// duration.
+    fn is_expired(&self, lease: &Lease, now: Instant) -> bool {
+        if lease.lease_owner.is_none() {
+            return false;
+        }
+        match lease.holder() {
+            Some(holder) if self.liveness.has_heartbeat(holder) => {
+                self.expiry.is_fenced(lease) || self.liveness.is_confirmed_dead(holder)
+            }
+            _ => self.expiry.is_expired(lease, now),
+        }
+    }
+
+    /// One assignment pass (reading the leases, and the rows unless given); returns when the
+    /// next one is due (per-lease mode).
+    async fn assignment_pass(&mut self, rows: Option<Vec<WorkerMetrics>>, balance_now: bool) -> Instant {
+        let interval = self.ctx.config.assignment_interval();
+        let rows = match rows {
+            Some(rows) => Ok(rows),
+            None => self.ctx.metrics_store.list_worker_metrics().await,
+        };
+        let (leases, rows) = match (self.ctx.lease_store.list_leases().await, rows) {
+            (Ok(leases), Ok(rows)) => (leases, rows),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(error = %e, "assignment pass could not read the stores");
+                self.pass_owed = true;
+                return Instant::now() + interval;
+            }
+        };
+        self.pass_owed = false;
         let now = Instant::now();
         for worker in self.expiry.observe_all(&leases, now) {
             self.liveness.forgive(&worker);
         }
-        self.liveness.observe_all(&rows, now);
+        if !self.heartbeat_mode() {
+            self.liveness.observe_all(&rows, now);
+            // A mixed fleet: heartbeat workers among per-lease ones are judged by their rows.
+            self.confirm_deaths().await;
+        }
         if let Some(predecessor) = self.fenced_predecessor.take() {
             // The replaced leader stopped every shard it held by now (its fence): no need to wait
             // for their counters to go stale.
@@ -615,12 +1070,12 @@ impl Leader {
                 lease_key: l.lease_key.clone(),
                 owner: l.lease_owner.clone(),
                 in_handoff: l.is_in_handoff(),
-                expired: self.expiry.is_expired(l, now),
+                expired: self.is_expired(l, now),
                 throughput_kbps: l.throughput_kbps,
             })
             .collect();
         let frequency = u64::from(self.ctx.config.assignment.variance_balancing_frequency);
-        let balance = frequency > 0 && passes % frequency == 0;
+        let balance = frequency > 0 && (balance_now || passes % frequency == 0);
         let plan = assignment::assign(AssignmentInput {
             leases: &infos,
             workers: &workers,
@@ -630,10 +1085,10 @@ impl Leader {
         // The holder of an expired lease receives nothing until it is seen writing its leases
         // again: a dead worker's load just fell, so it would look least loaded; a worker cut off
         // from the lease table still reports its metrics.
-        for lease in open.iter().filter(|l| self.expiry.is_expired(l, now)) {
-            if let Some(holder) = lease.holder() {
-                self.liveness.exclude(holder, now);
-            }
+        let expired_holders: Vec<String> =
+            open.iter().filter(|l| self.is_expired(l, now)).filter_map(|l| l.holder().map(str::to_owned)).collect();
+        for holder in expired_holders {
+            self.liveness.exclude(&holder, now);
         }
         let expired = infos.iter().filter(|l| l.expired).count();
         self.ctx.metrics.num_workers.set(workers.len() as f64);
@@ -659,23 +1114,38 @@ impl Leader {
                         store.assign_lease(&lease, to, &token).await
                     }
                 };
-                (action, result)
+                (action, lease.holder().map(str::to_owned), result)
             })
         }))
         .buffer_unordered(8)
         .collect::<Vec<_>>()
         .await;
         let now = Instant::now();
-        for (action, result) in writes {
+        let mut written: HashMap<String, Lease> = HashMap::new();
+        let mut touched: HashSet<String> = HashSet::new();
+        for (action, previous, result) in writes {
             match result {
                 Ok(lease) => {
                     tracing::info!(?action, "assignment written");
                     self.ctx.metrics.reassignments.increment(1);
                     self.expiry.observe(&lease, now);
+                    touched.extend(lease.lease_owner.clone());
+                    touched.extend(previous);
+                    written.insert(lease.lease_key.clone(), lease);
                 }
-                Err(e) => tracing::info!(?action, error = %e, "assignment not written"),
+                Err(e) => {
+                    tracing::info!(?action, error = %e, "assignment not written");
+                    self.pass_owed = true;
+                }
             }
         }
+        let leases: Vec<Lease> =
+            leases.into_iter().map(|l| written.remove(&l.lease_key).unwrap_or(l)).chain(unusable).collect();
+        if leases.iter().any(|l| !l.is_finished() && l.lease_owner.is_none()) {
+            // A lease found no worker (none eligible yet, or all at their maximum): try again.
+            self.pass_owed = true;
+        }
+        self.signal_assignments(&leases, touched).await;
 
         for key in lineage::finished_leases_to_delete(&leases) {
             match self.ctx.lease_store.delete_lease(&key).await {
@@ -689,11 +1159,26 @@ impl Leader {
 
         // The next pass: the regular period, or exactly when the oldest observation expires.
         let regular = now + interval;
-        let next = match self.expiry.next_expiry(&leases, now) {
+        let next = match self.expiry.next_expiry(&leases, now, |l| self.judged_by_counter(l)) {
             Some(at) => regular.min(at + Duration::from_millis(1)),
             None => regular,
         };
+        self.leases = leases;
         next.max(now + Duration::from_millis(100))
+    }
+
+    /// Tells every heartbeat worker whose leases this pass changed (recipients and previous
+    /// holders) to look at the lease table: one write per worker, with the number of leases it
+    /// now owns.
+    async fn signal_assignments(&self, leases: &[Lease], touched: HashSet<String>) {
+        let store = &self.ctx.metrics_store;
+        for worker in touched.into_iter().filter(|w| self.liveness.has_heartbeat(w)) {
+            let owned = leases.iter().filter(|l| !l.is_finished() && l.is_owned_by(&worker)).count() as u64;
+            let signal = WorkerSignal::Assignments { assigned_leases: owned };
+            if let Err(e) = store.signal_worker(&worker, &signal).await {
+                tracing::debug!(%worker, error = %e, "signalling an assignment failed");
+            }
+        }
     }
 }
 
@@ -722,7 +1207,7 @@ mod tests {
         let now = Instant::now();
         assert!(!t.is_expired(&lease("a", Some("w1"), 2), now), "renewed 6 s ago");
         assert!(!t.is_expired(&lease("b", None, 0), now), "unowned leases are not 'expired', just unassigned");
-        assert_eq!(t.next_expiry(&[lease("a", Some("w1"), 2)], now), Some(start + Duration::from_secs(16)));
+        assert_eq!(t.next_expiry(&[lease("a", Some("w1"), 2)], now, |_| true), Some(start + Duration::from_secs(16)));
         tokio::time::advance(Duration::from_secs(4)).await;
         assert!(t.is_expired(&lease("a", Some("w1"), 2), Instant::now()));
         // A counter seen again after a gap is still the same counter: the observation holds.
@@ -732,12 +1217,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn liveness_follows_row_changes() {
-        let row = |id: &str, secs| WorkerMetrics {
-            worker_id: id.into(),
-            last_update_secs: secs,
-            metric_stats: Default::default(),
-            operating_range: Default::default(),
-        };
+        let row = |id: &str, secs| WorkerMetrics::new(id, secs);
         let mut l = WorkerLiveness::new(Duration::from_secs(10));
         l.observe_all(&[row("w1", 100), row("w2", 100)], Instant::now());
         l.exclude("w2", Instant::now());
@@ -758,12 +1238,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_worker_reporting_slowly_stays_alive_between_its_reports() {
         // A Java KCL worker writes its row every 30 s (workerMetricsReporterFreqInMillis).
-        let row = |secs| WorkerMetrics {
-            worker_id: "java".into(),
-            last_update_secs: secs,
-            metric_stats: Default::default(),
-            operating_range: Default::default(),
-        };
+        let row = |secs| WorkerMetrics::new("java", secs);
         let mut l = WorkerLiveness::new(Duration::from_secs(6));
         l.trust_first_sightings(false);
         l.observe_all(&[row(1_000)], Instant::now());
@@ -782,12 +1257,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn exclusions_double_while_a_worker_keeps_failing() {
-        let row = |secs| WorkerMetrics {
-            worker_id: "w1".into(),
-            last_update_secs: secs,
-            metric_stats: Default::default(),
-            operating_range: Default::default(),
-        };
+        let row = |secs| WorkerMetrics::new("w1", secs);
         let mut l = WorkerLiveness::new(Duration::from_secs(60));
         l.observe_all(&[row(1)], Instant::now());
         l.exclude("w1", Instant::now());

@@ -149,6 +149,10 @@ struct Status {
     /// The tokens of this worker's writes the item may show now: the last one that landed, and
     /// those whose outcome is unknown (for the fence's quarantine).
     tokens: Vec<WriteToken>,
+    /// The throughput the last renewal that landed wrote on the item.
+    reported_kbps: Option<f64>,
+    /// Whether a renewal after the first (the take-up) reported a throughput.
+    reported_since_taken: bool,
 }
 
 /// The leader fence of one worker, and the leases it quarantined.
@@ -164,6 +168,9 @@ struct Status {
 #[derive(Debug)]
 pub(crate) struct Fencing {
     deadline: watch::Sender<Option<Instant>>,
+    /// In heartbeat mode: a lease duration after the sending of the worker's last heartbeat that
+    /// landed (`None` before the first one, and after the heartbeat fence fired).
+    heartbeat: watch::Sender<Option<Instant>>,
     quarantined: Mutex<HashMap<String, Quarantine>>,
 }
 
@@ -179,7 +186,11 @@ struct Quarantine {
 
 impl Default for Fencing {
     fn default() -> Self {
-        Fencing { deadline: watch::Sender::new(None), quarantined: Mutex::new(HashMap::new()) }
+        Fencing {
+            deadline: watch::Sender::new(None),
+            heartbeat: watch::Sender::new(None),
+            quarantined: Mutex::new(HashMap::new()),
+        }
     }
 }
 
@@ -197,6 +208,33 @@ impl Fencing {
     /// Whether the fence deadline has passed (the fence fires, or is about to).
     pub fn has_passed(&self) -> bool {
         self.deadline().is_some_and(|at| Instant::now() >= at)
+    }
+
+    /// Moves the heartbeat fence (heartbeat mode): every held lease ends at `deadline` unless a
+    /// later heartbeat lands.
+    pub fn set_heartbeat_deadline(&self, deadline: Option<Instant>) {
+        self.heartbeat.send_replace(deadline);
+    }
+
+    /// The heartbeat fence, if a heartbeat has landed and the fence has not fired since.
+    pub fn heartbeat_deadline(&self) -> Option<Instant> {
+        *self.heartbeat.borrow()
+    }
+
+    /// Whether the worker's heartbeat is current: one landed less than a lease duration ago (as
+    /// sent). Heartbeat mode only; a worker takes up no lease while it is not.
+    pub fn heartbeat_is_current(&self) -> bool {
+        self.heartbeat_deadline().is_some_and(|at| Instant::now() < at)
+    }
+
+    /// The heartbeat fence fires: every lease in `registry` is lost (not quarantined: the
+    /// leader reassigns them only after judging the worker dead, and a re-take after a recovery
+    /// is a conditional write that bumps the counter, so it cannot race that reassignment).
+    fn lapse(&self, registry: &LeaseRegistry) {
+        for lease in registry.all() {
+            lease.mark_lost("the worker's heartbeat has not landed for a lease duration");
+        }
+        self.set_heartbeat_deadline(None);
     }
 
     /// Fires the fence: every lease in `registry` is lost and quarantined; the deadline clears.
@@ -236,26 +274,27 @@ impl Fencing {
         false
     }
 
-    /// Waits for the deadline and fires the fence on `registry`; runs until cancelled.
+    /// Waits for the deadlines and fires the fences on `registry`; runs until cancelled.
     pub async fn run(&self, registry: &LeaseRegistry) {
-        let mut deadline = self.deadline.subscribe();
+        let mut leader = self.deadline.subscribe();
+        let mut heartbeat = self.heartbeat.subscribe();
         loop {
-            let current = *deadline.borrow_and_update();
-            match current {
-                Some(at) if Instant::now() >= at => {
-                    self.fire(registry, "the leader lock was not heartbeated for its lease duration");
-                }
-                Some(at) => {
-                    tokio::select! {
-                        () = sleep_until(at) => {}
-                        changed = deadline.changed() => if changed.is_err() { return },
-                    }
-                }
-                None => {
-                    if deadline.changed().await.is_err() {
-                        return;
-                    }
-                }
+            let leader_at = *leader.borrow_and_update();
+            let heartbeat_at = *heartbeat.borrow_and_update();
+            let now = Instant::now();
+            if leader_at.is_some_and(|at| now >= at) {
+                self.fire(registry, "the leader lock was not heartbeated for its lease duration");
+                continue;
+            }
+            if heartbeat_at.is_some_and(|at| now >= at) {
+                self.lapse(registry);
+                continue;
+            }
+            let next = leader_at.into_iter().chain(heartbeat_at).min();
+            tokio::select! {
+                () = async { match next { Some(at) => sleep_until(at).await, None => std::future::pending().await } } => {}
+                changed = leader.changed() => if changed.is_err() { return },
+                changed = heartbeat.changed() => if changed.is_err() { return },
             }
         }
     }
@@ -270,6 +309,8 @@ pub(crate) struct HeldLease {
     pub shard_id: ShardId,
     worker_id: Arc<str>,
     lease_duration: Duration,
+    /// Heartbeat mode: the lease lives as long as the worker's heartbeat, not its own writes.
+    heartbeat_bound: bool,
     view: tokio::sync::Mutex<View>,
     status: Mutex<Status>,
     fencing: Arc<Fencing>,
@@ -285,6 +326,8 @@ pub(crate) struct HeldLease {
 pub(crate) struct HeldLeaseContext<'a> {
     pub worker_id: Arc<str>,
     pub lease_duration: Duration,
+    /// Heartbeat mode (see [`HeldLease::local_expiry`]).
+    pub heartbeat_bound: bool,
     pub abort: &'a CancellationToken,
     pub shutdown: &'a CancellationToken,
     pub fencing: Arc<Fencing>,
@@ -300,6 +343,7 @@ impl HeldLease {
             shard_id,
             worker_id: worker.worker_id,
             lease_duration,
+            heartbeat_bound: worker.heartbeat_bound,
             status: Mutex::new(Status {
                 // Not renewed yet: the first renewal happens before processing starts.
                 last_renewed: None,
@@ -312,6 +356,8 @@ impl HeldLease {
                 checkpoint: lease.checkpoint.clone(),
                 counter: lease.lease_counter,
                 tokens: Vec::new(),
+                reported_kbps: lease.throughput_kbps,
+                reported_since_taken: false,
             }),
             view: tokio::sync::Mutex::new(View { lease, unanswered: Vec::new() }),
             fencing: worker.fencing,
@@ -336,15 +382,26 @@ impl HeldLease {
         self.lost.is_cancelled()
     }
 
-    /// The instant this worker stops holding the lease unless a write lands before: a lease
-    /// duration after its last landed write was sent, and no later than the leader fence.
-    /// `None` before the first renewal (the lease is not held yet).
+    /// The instant this worker stops holding the lease unless a write (per-lease mode) or a
+    /// heartbeat (heartbeat mode) lands before: a lease duration after its last landed write was
+    /// sent — or after the worker's last landed heartbeat was sent — and no later than the leader
+    /// fence. `None` before the first renewal in per-lease mode (the lease is not held yet).
     pub fn local_expiry(&self) -> Option<Instant> {
-        let own = lock(&self.status).last_renewed? + self.lease_duration;
+        let own = self.own_expiry()?;
         Some(match self.fencing.deadline() {
             Some(fence) => own.min(fence),
             None => own,
         })
+    }
+
+    /// The lease's own bound, without the leader fence.
+    fn own_expiry(&self) -> Option<Instant> {
+        if self.heartbeat_bound {
+            // No current heartbeat: the lease is not held.
+            Some(self.fencing.heartbeat_deadline().unwrap_or_else(Instant::now))
+        } else {
+            Some(lock(&self.status).last_renewed? + self.lease_duration)
+        }
     }
 
     /// Whether the lease is lost, marking it lost first when its local expiry has passed (and
@@ -354,19 +411,41 @@ impl HeldLease {
             return true;
         }
         let now = Instant::now();
-        let Some(own) = lock(&self.status).last_renewed.map(|at| at + self.lease_duration) else { return false };
+        let Some(own) = self.own_expiry() else { return false };
         if self.fencing.has_passed() {
             self.fencing.quarantine(self);
             self.mark_lost("the leader lock was not heartbeated for its lease duration");
+        } else if now >= own && self.heartbeat_bound {
+            self.mark_lost("the worker's heartbeat has not landed for a lease duration");
         } else if now >= own {
             self.mark_lost("not renewed for a lease duration on this worker's clock");
         }
         self.is_lost()
     }
 
+    /// The lease's throughput as last sampled, KB/s.
+    pub fn throughput_kbps(&self) -> Option<f64> {
+        lock(&self.status).throughput_kbps
+    }
+
+    /// Heartbeat mode: samples the throughput and says whether a renewal should report it — it
+    /// moved by more than `threshold` of the last reported value (and by more than 1 KB/s), and
+    /// no write of the lease landed for `min_interval` or none was reported since this worker
+    /// took the lease.
+    pub fn throughput_report_due(&self, min_interval: Duration, threshold: f64) -> bool {
+        let now = Instant::now();
+        let Some(kbps) = self.throughput_sample(now) else { return false };
+        let status = lock(&self.status);
+        let quiet = !status.reported_since_taken
+            || status.last_renewed.is_none_or(|at| now.saturating_duration_since(at) >= min_interval);
+        let reported = status.reported_kbps.unwrap_or(0.0);
+        quiet && (kbps - reported).abs() > (reported.abs() * threshold).max(1.0)
+    }
+
     /// Marks the lease lost once its local expiry passes (see the module docs); never returns.
     pub async fn watch_expiry(&self) {
         let mut fence = self.fencing.deadline.subscribe();
+        let mut heartbeat = self.fencing.heartbeat.subscribe();
         loop {
             if self.is_lost() || lock(&self.status).released {
                 return std::future::pending().await;
@@ -381,6 +460,7 @@ impl HeldLease {
             tokio::select! {
                 () = sleep_until(at) => {}
                 changed = fence.changed() => if changed.is_err() { sleep_until(at).await },
+                changed = heartbeat.changed(), if self.heartbeat_bound => if changed.is_err() { sleep_until(at).await },
             }
         }
     }
@@ -552,6 +632,11 @@ impl HeldLease {
                 |_, _| false,
             )
             .await;
+        if result.is_ok() {
+            let mut status = lock(&self.status);
+            status.reported_since_taken = status.reported_kbps.is_some() || throughput.is_some();
+            status.reported_kbps = throughput;
+        }
         match result {
             Ok(_) if self.handoff_to().is_some() => RenewOutcome::Handoff,
             Ok(_) => RenewOutcome::Renewed,
@@ -703,12 +788,16 @@ impl LeaseRegistry {
     }
 }
 
-/// Renews every held lease on a fixed period until `stop` resolves.
+/// Renews every held lease on a fixed period until `stop` resolves — in heartbeat mode only the
+/// leases whose throughput changed enough to report ([`HeldLease::throughput_report_due`]).
 pub(crate) struct LeaseRenewer {
     pub store: Arc<dyn LeaseStore>,
     pub registry: Arc<LeaseRegistry>,
     pub interval: Duration,
     pub metrics: crate::metrics::WorkerMetricHandles,
+    /// Heartbeat mode: the least time between two reports of a lease, and the relative change
+    /// worth one.
+    pub reports_only: Option<(Duration, f64)>,
 }
 
 impl LeaseRenewer {
@@ -731,7 +820,13 @@ impl LeaseRenewer {
 
     /// One pass over every held lease, concurrently.
     pub async fn renew_all(&self) {
-        let leases = self.registry.all();
+        let mut leases = self.registry.all();
+        if let Some((min_interval, threshold)) = self.reports_only {
+            leases.retain(|lease| lease.throughput_report_due(min_interval, threshold));
+            if leases.is_empty() {
+                return;
+            }
+        }
         let outcomes =
             futures::future::join_all(leases.iter().map(|lease| async { lease.renew(&*self.store).await })).await;
         let mut failed = false;
@@ -772,6 +867,7 @@ mod tests {
         let worker = HeldLeaseContext {
             worker_id: Arc::from(worker),
             lease_duration: Duration::from_secs(10),
+            heartbeat_bound: false,
             abort: &abort,
             shutdown: &shutdown,
             fencing: Arc::new(Fencing::default()),

@@ -130,15 +130,18 @@ mod worker_metrics;
 
 pub use checkpointer::{Checkpointer, PreparedCheckpoint};
 pub use config::{
-    AssignmentConfig, Backoff, CpuMetrics, FanOutConfig, InitialPosition, PollingConfig, ProcessErrorPolicy,
-    RetrievalMode, SchedulerConfig,
+    AssignmentConfig, Backoff, CpuMetrics, FanOutConfig, HeartbeatConfig, InitialPosition, LeaseMode, PollingConfig,
+    ProcessErrorPolicy, RetrievalMode, SchedulerConfig,
 };
 pub use error::{CheckpointError, KclError, ProcessorError, ShardError};
 pub use lease::Lease;
 pub use processor::{ShardRecordProcessor, ShardRecordProcessorFactory};
 pub use record::KinesisClientRecord;
 pub use scheduler::{Scheduler, SchedulerBuilder, SchedulerHandle, SchedulerState, ShardPhase, ShardStatus};
-pub use store::{CoordinatorStore, LeaseStore, LockItem, StoreError, WorkerMetrics, WorkerMetricsStore};
+pub use store::{
+    CoordinatorStore, LeaseStore, LockItem, StandbyStamp, StoreError, WorkerHeartbeat, WorkerMetrics,
+    WorkerMetricsStore, WorkerSignal, WorkerSignals,
+};
 
 /// The crate's README (its page on crates.io), compiled and run as doctests so that its example
 /// stays true to the API.

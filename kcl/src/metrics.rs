@@ -16,7 +16,8 @@
 //! | `CurrentLeases` | gauge | worker | leases held |
 //! | `TakenLeases` | counter | worker | leases this worker started processing |
 //! | `LostLeases` | counter | worker | leases lost (renewal or checkpoint refused, expired locally) |
-//! | `RenewAllLeases` | counter | worker, result = success / failure | renewal passes |
+//! | `RenewAllLeases` | counter | worker, result = success / failure | renewal passes (per-lease mode) |
+//! | `WorkerHeartbeats` | counter | worker, result = success / failure | heartbeat writes (heartbeat mode) |
 //! | `IsLeader` | gauge | worker | 1 while this worker is the leader |
 //! | `LeaderChanges` | counter | worker | times this worker became leader |
 //! | `NumWorkers` | gauge | worker | live workers seen by the leader |
@@ -91,6 +92,9 @@ impl ShardMetrics {
     }
 }
 
+/// Heartbeat writes of a worker in heartbeat mode.
+pub const WORKER_HEARTBEATS: &str = "WorkerHeartbeats";
+
 /// Handles of one worker's metrics.
 #[derive(Clone)]
 pub(crate) struct WorkerMetricHandles {
@@ -99,6 +103,8 @@ pub(crate) struct WorkerMetricHandles {
     pub lost_leases: metrics::Counter,
     pub renew_success: metrics::Counter,
     pub renew_failure: metrics::Counter,
+    pub heartbeat_success: metrics::Counter,
+    pub heartbeat_failure: metrics::Counter,
     pub is_leader: metrics::Gauge,
     pub leader_changes: metrics::Counter,
     pub num_workers: metrics::Gauge,
@@ -118,6 +124,8 @@ impl WorkerMetricHandles {
             lost_leases: metrics::counter!(LOST_LEASES, &label),
             renew_success: metrics::counter!(RENEW_ALL_LEASES, &success),
             renew_failure: metrics::counter!(RENEW_ALL_LEASES, &failure),
+            heartbeat_success: metrics::counter!(WORKER_HEARTBEATS, &success),
+            heartbeat_failure: metrics::counter!(WORKER_HEARTBEATS, &failure),
             is_leader: metrics::gauge!(IS_LEADER, &label),
             leader_changes: metrics::counter!(LEADER_CHANGES, &label),
             num_workers: metrics::gauge!(NUM_WORKERS, &label),

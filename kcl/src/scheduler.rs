@@ -56,7 +56,7 @@ use crate::processor::ShardRecordProcessorFactory;
 use crate::retrieval::fanout::FanOutConsumer;
 use crate::store::deadline::{Timeout, WithTimeout};
 use crate::store::memory::{MemoryCoordinatorStore, MemoryLeaseStore, MemoryWorkerMetricsStore};
-use crate::store::{CoordinatorStore, LeaseStore, WorkerMetricsStore};
+use crate::store::{CoordinatorStore, LeaseStore, WorkerMetricsStore, WorkerSignals};
 use crate::{lease_discovery, worker_metrics};
 
 /// Builds a [`Scheduler`]; start from [`Scheduler::builder`].
@@ -223,6 +223,10 @@ impl SchedulerBuilder {
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             wall: WallClock::new(),
+            signals: watch::Sender::new(WorkerSignals::default()),
+            discovery_wanted: tokio::sync::Notify::new(),
+            discovery_incomplete: std::sync::atomic::AtomicBool::new(false),
+            lease_changes: std::sync::atomic::AtomicU64::new(0),
         };
         Ok(Scheduler { ctx: Arc::new(ctx), application_name: self.application_name })
     }
@@ -279,8 +283,12 @@ impl Scheduler {
         let renewer = LeaseRenewer {
             store: ctx.lease_store.clone(),
             registry: ctx.registry.clone(),
-            interval: ctx.config.renewal_interval(),
+            interval: ctx.config.heartbeat_interval().unwrap_or_else(|| ctx.config.renewal_interval()),
             metrics: ctx.metrics.clone(),
+            reports_only: ctx
+                .config
+                .heartbeat()
+                .map(|h| (h.lease_stats_interval, ctx.config.assignment.rebalance_threshold)),
         };
         ctx.tracker.spawn(renewer.run(ctx.stop_renewer.clone(), || false).instrument(span.clone()));
         ctx.tracker.spawn(lease_discovery::run(ctx.clone()).instrument(span.clone()));

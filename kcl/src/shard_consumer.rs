@@ -54,8 +54,15 @@ pub(crate) fn spawn(ctx: Arc<WorkerContext>, lease: Arc<HeldLease>) {
             }
             if lease.is_lost() && !ctx.abort.is_cancelled() {
                 ctx.metrics.lost_leases.increment(1);
+                if ctx.config.heartbeat().is_some() {
+                    // Nothing renews leases in heartbeat mode: a lease dropped here that the
+                    // table still gives this worker (a refused write that moved nothing, the
+                    // heartbeat fence) is taken up again by the next discovery pass.
+                    ctx.discovery_incomplete.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
             }
             ctx.registry.remove(&lease.key);
+            ctx.note_lease_change();
             ctx.metrics.current_leases.set(ctx.registry.len() as f64);
             ctx.remove_shard(&lease.key);
         }
@@ -528,7 +535,13 @@ impl ShardConsumer {
             lease.hash_key_range = Some(child.hash_key_range);
             loop {
                 match self.ctx.lease_store.create_lease_if_not_exists(&lease).await {
-                    Ok(_) => break,
+                    Ok(created) => {
+                        if created {
+                            // The leader assigns the child once it hears of it (heartbeat mode).
+                            self.ctx.note_lease_change();
+                        }
+                        break;
+                    }
                     Err(e) => {
                         tracing::warn!(child = %child.shard_id, error = %e, "creating a child lease failed; retrying");
                         self.pause(backoff.next().unwrap_or(Duration::from_secs(1))).await?;

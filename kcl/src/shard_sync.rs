@@ -33,8 +33,18 @@ pub(crate) struct GarbageLeases {
 }
 
 /// Lists shards, creates missing leases and deletes garbage leases.
-pub(crate) async fn sync(ctx: &WorkerContext, garbage: &mut GarbageLeases) -> Result<Synced, KclError> {
-    let leases = ctx.lease_store.list_leases().await?;
+/// `cached`: the lease table as the leader last read it (heartbeat mode, where the leader reads
+/// it only on a change); `None` reads it now. A cached lease list is still read before the
+/// listing, and creation is conditional, so a stale one creates nothing twice.
+pub(crate) async fn sync(
+    ctx: &WorkerContext,
+    garbage: &mut GarbageLeases,
+    cached: Option<Vec<crate::lease::Lease>>,
+) -> Result<Synced, KclError> {
+    let leases = match cached {
+        Some(leases) => leases,
+        None => ctx.lease_store.list_leases().await?,
+    };
     let shards = ctx.kinesis.list_all_shards(&ctx.stream, None).await?;
     let now = Instant::now();
     let existing: HashSet<String> = leases.iter().map(|l| l.lease_key.clone()).collect();

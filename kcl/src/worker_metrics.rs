@@ -18,11 +18,13 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::MissedTickBehavior;
+use std::sync::atomic::Ordering;
+
+use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::config::CpuMetrics;
 use crate::context::WorkerContext;
-use crate::store::WorkerMetrics;
+use crate::store::{StoreError, WorkerHeartbeat, WorkerMetrics};
 
 /// Samples kept in the row (the Java KCL's `noOfPersistedMetricsPerWorkerMetrics`).
 const SAMPLES: usize = 10;
@@ -158,10 +160,53 @@ pub(crate) fn max_cpu_of(row: &WorkerMetrics) -> f64 {
     row.operating_range.get(CPU).and_then(|r| r.first()).copied().filter(|v| *v > 0.0).unwrap_or(100.0)
 }
 
-/// Writes the worker's row every period until shutdown (then deletes it) or abort.
+/// The CPU samples a row carries, kept between reports.
+struct Samples {
+    cpu: CpuSource,
+    samples: VecDeque<f64>,
+}
+
+impl Samples {
+    fn new(config: CpuMetrics) -> Self {
+        Samples { cpu: CpuSource::new(config), samples: VecDeque::with_capacity(SAMPLES) }
+    }
+
+    /// Takes a sample and returns the row's metric stats and operating range. `reported`: a row
+    /// was written before (the first `Auto` sample has no previous reading and is skipped rather
+    /// than reported as a failure).
+    fn next(&mut self, reported: bool) -> (BTreeMap<String, Vec<f64>>, BTreeMap<String, Vec<f64>>) {
+        let mut metric_stats = BTreeMap::new();
+        let mut operating_range = BTreeMap::new();
+        if self.cpu.enabled() {
+            if self.samples.len() == SAMPLES {
+                self.samples.pop_front();
+            }
+            match self.cpu.sample() {
+                Some(v) => self.samples.push_back(v),
+                None if reported => self.samples.push_back(-1.0),
+                None => {}
+            }
+            if !self.samples.is_empty() {
+                metric_stats.insert(CPU.to_owned(), self.samples.iter().copied().collect());
+                operating_range.insert(CPU.to_owned(), vec![100.0]);
+            }
+        }
+        (metric_stats, operating_range)
+    }
+}
+
+/// Writes the worker's row every period — in heartbeat mode as its heartbeat — until the worker
+/// stops (then deletes it) or aborts.
 pub(crate) async fn run(ctx: Arc<WorkerContext>) {
-    let mut cpu = CpuSource::new(ctx.config.cpu_metrics.clone());
-    let mut samples: VecDeque<f64> = VecDeque::with_capacity(SAMPLES);
+    match ctx.config.heartbeat_interval() {
+        Some(period) => heartbeat(ctx, period).await,
+        None => report(ctx).await,
+    }
+}
+
+/// Per-lease mode: a plain report every `worker_metrics_interval`; deleted at shutdown.
+async fn report(ctx: Arc<WorkerContext>) {
+    let mut samples = Samples::new(ctx.config.cpu_metrics.clone());
     let mut last_written: Option<u64> = None;
     let period = ctx.config.worker_metrics_interval.max(Duration::from_secs(1));
     let mut ticker = tokio::time::interval(period);
@@ -178,34 +223,101 @@ pub(crate) async fn run(ctx: Arc<WorkerContext>) {
             }
             _ = ticker.tick() => {}
         }
-        let mut metric_stats = BTreeMap::new();
-        let mut operating_range = BTreeMap::new();
-        if cpu.enabled() {
-            if samples.len() == SAMPLES {
-                samples.pop_front();
-            }
-            // The first Auto sample has no previous reading; skip rather than report a failure.
-            match cpu.sample() {
-                Some(v) => samples.push_back(v),
-                None if last_written.is_some() => samples.push_back(-1.0),
-                None => {}
-            }
-            if !samples.is_empty() {
-                metric_stats.insert(CPU.to_owned(), samples.iter().copied().collect());
-                operating_range.insert(CPU.to_owned(), vec![100.0]);
-            }
-        }
+        let (metric_stats, operating_range) = samples.next(last_written.is_some());
         // Strictly increasing, so the leader sees every report as a change.
         let secs = ctx.wall.now_secs().max(last_written.map_or(0, |s| s + 1));
-        let row = WorkerMetrics {
-            worker_id: ctx.worker_id.to_string(),
-            last_update_secs: secs,
-            metric_stats,
-            operating_range,
-        };
+        let row = WorkerMetrics { metric_stats, operating_range, ..WorkerMetrics::new(&*ctx.worker_id, secs) };
         match ctx.metrics_store.put_worker_metrics(&row).await {
             Ok(()) => last_written = Some(secs),
             Err(e) => tracing::warn!(error = %e, "writing worker metrics failed"),
+        }
+    }
+}
+
+/// Heartbeat mode: the row is the worker's heartbeat, written conditionally on this process's
+/// incarnation every `period`. Each one that lands moves the heartbeat fence to a lease duration
+/// after it was sent, and returns the leader's signals (a changed assignment version asks
+/// discovery for a pass). The heartbeat goes on through a graceful shutdown until every shard has
+/// let go (a shard checkpointing at shutdown still holds its lease), then the row is deleted.
+async fn heartbeat(ctx: Arc<WorkerContext>, period: Duration) {
+    let incarnation = crate::store::new_record_version();
+    let mut samples = Samples::new(ctx.config.cpu_metrics.clone());
+    let mut last_written: Option<u64> = None;
+    let mut beat = 0_u64;
+    let mut replaces: Option<String> = None;
+    let mut assignment_version: Option<u64> = None;
+    let mut shut_out = false;
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            () = ctx.abort.cancelled() => return,
+            () = ctx.stop_renewer.cancelled() => {
+                if let Some(secs) = last_written.filter(|_| !shut_out) {
+                    let _ = ctx.metrics_store.delete_worker_metrics(&ctx.worker_id, secs).await;
+                }
+                return;
+            }
+            _ = ticker.tick() => {}
+        }
+        if shut_out {
+            continue;
+        }
+        let (metric_stats, operating_range) = samples.next(last_written.is_some());
+        let secs = ctx.wall.now_secs().max(last_written.map_or(0, |s| s + 1));
+        let held = ctx.registry.all();
+        let row = WorkerMetrics {
+            metric_stats,
+            operating_range,
+            heartbeat: Some(WorkerHeartbeat {
+                incarnation: incarnation.clone(),
+                beat: beat + 1,
+                lease_changes: ctx.lease_changes.load(Ordering::Relaxed),
+                held_leases: held.len() as u64,
+                throughput_kbps: held.iter().filter_map(|l| l.throughput_kbps()).sum(),
+            }),
+            ..WorkerMetrics::new(&*ctx.worker_id, secs)
+        };
+        let sent_at = Instant::now();
+        match ctx.metrics_store.heartbeat_worker(&row, replaces.as_deref()).await {
+            Ok(current) => {
+                ctx.metrics.heartbeat_success.increment(1);
+                beat += 1;
+                last_written = Some(secs);
+                let recovered = !ctx.fencing.heartbeat_is_current();
+                ctx.fencing.set_heartbeat_deadline(Some(sent_at + ctx.config.lease_duration));
+                let version = current.signals.assignment_version;
+                let changed = assignment_version.replace(version) != Some(version);
+                ctx.signals.send_if_modified(|signals| {
+                    let modified = *signals != current.signals;
+                    *signals = current.signals;
+                    modified
+                });
+                if changed || recovered || ctx.discovery_incomplete.swap(false, Ordering::Relaxed) {
+                    ctx.discovery_wanted.notify_one();
+                }
+            }
+            Err(StoreError::HeartbeatRowTaken { current }) if beat == 0 && replaces.is_none() => {
+                // The row of this worker id's previous process: take it over at once.
+                replaces = current.and_then(|row| row.heartbeat).map(|h| h.incarnation);
+                if replaces.is_none() {
+                    replaces = Some(String::new());
+                }
+                ticker.reset_immediately();
+            }
+            Err(StoreError::HeartbeatRowTaken { .. }) => {
+                tracing::error!(
+                    "another process with this worker id took over the heartbeat row; stopping every shard and \
+                     heartbeating no more"
+                );
+                shut_out = true;
+                ctx.fencing.set_heartbeat_deadline(Some(Instant::now()));
+            }
+            Err(e) => {
+                ctx.metrics.heartbeat_failure.increment(1);
+                tracing::warn!(error = %e, "heartbeat failed; retrying next period");
+            }
         }
     }
 }
@@ -232,10 +344,9 @@ mod tests {
     #[test]
     fn ema_ignores_failed_samples() {
         let row = WorkerMetrics {
-            worker_id: "w".into(),
-            last_update_secs: 1,
             metric_stats: [(CPU.to_owned(), vec![10.0, -1.0, 30.0])].into_iter().collect(),
             operating_range: [(CPU.to_owned(), vec![80.0])].into_iter().collect(),
+            ..WorkerMetrics::new("w", 1)
         };
         assert_eq!(cpu_of(&row), Some(20.0));
         assert_eq!(max_cpu_of(&row), 80.0);

@@ -1,22 +1,24 @@
 //! The consumer's promises under faults, on paused tokio time: a stalled or slow lease store,
 //! lost replies, dead workers and leaders, malformed leases, expired parents. Each test is the
-//! regression test of one defect of issue 12.
+//! regression test of one defect of issue 12. Every test runs in both lease modes (per-lease
+//! renewal and worker heartbeats, issue 14): a module per test holds the two.
 
 mod support;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use kcl::Lease;
 use kcl::store::LeaseStore;
 use kcl::store::faults::{StoreFaultRule, StoreOperation};
+use kcl::{Lease, LeaseMode, SchedulerConfig};
 use kinesis_core::{ExtendedSequenceNumber, Kinesis, ShardId};
 use support::*;
 use tokio::time::{Instant, sleep};
 
 /// A fleet of `workers` on `shards` shards, every shard processed.
-async fn processing_fleet(shards: u32, workers: &[&str]) -> Fleet {
+async fn processing_fleet(config: &SchedulerConfig, shards: u32, workers: &[&str]) -> Fleet {
     let mut fleet = Fleet::new(shards).await;
+    fleet.config = config.clone();
     for w in workers {
         fleet.start(w);
     }
@@ -42,8 +44,10 @@ fn busy_follower(fleet: &Fleet) -> String {
 /// Cuts `victim` off the lease table in the way `rule` says at once, and checks that it delivers
 /// nothing of its shards once a lease duration has passed since (its last renewal was before the
 /// cut), while another worker takes the shards over.
-async fn cut_off_from_the_lease_table(rule: StoreFaultRule) {
-    let fleet = processing_fleet(2, &["w1", "w2"]).await;
+async fn cut_off_from_the_lease_table(config: &SchedulerConfig, rule: impl Fn(StoreOperation) -> StoreFaultRule) {
+    let fleet = processing_fleet(config, 2, &["w1", "w2"]).await;
+    // What proves the worker alive: its lease writes, or its heartbeat.
+    let rule = rule(liveness_calls(config));
     // Processors that do not checkpoint every batch go on processing while only the renewals
     // wait for the store.
     fleet.recorder.behavior(|b| b.checkpoint_every = 0);
@@ -80,21 +84,26 @@ async fn cut_off_from_the_lease_table(rule: StoreFaultRule) {
     drop(producer);
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_worker_whose_lease_store_hangs_stops_before_its_shards_move() {
-    cut_off_from_the_lease_table(StoreFaultRule::on(StoreOperation::AnyLease).hang()).await;
+/// The store calls that keep a worker's leases: the lease table's in per-lease mode, the
+/// heartbeat in heartbeat mode.
+fn liveness_calls(config: &SchedulerConfig) -> StoreOperation {
+    match config.lease_mode {
+        LeaseMode::PerLease => StoreOperation::AnyLease,
+        LeaseMode::WorkerHeartbeat(_) => StoreOperation::HeartbeatWorker,
+    }
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_worker_whose_lease_store_answers_too_late_stops_before_its_shards_move() {
+async fn a_worker_whose_lease_store_hangs_stops_before_its_shards_move(config: SchedulerConfig) {
+    cut_off_from_the_lease_table(&config, |calls| StoreFaultRule::on(calls).hang()).await;
+}
+
+async fn a_worker_whose_lease_store_answers_too_late_stops_before_its_shards_move(config: SchedulerConfig) {
     // Every call is served, but 30 s late: longer than the lease (a throttled client retrying).
-    let rule = StoreFaultRule::on(StoreOperation::AnyLease).latency(Duration::from_secs(30));
-    cut_off_from_the_lease_table(rule).await;
+    cut_off_from_the_lease_table(&config, |calls| StoreFaultRule::on(calls).latency(Duration::from_secs(30))).await;
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_lost_reply_to_a_checkpoint_does_not_lose_the_lease() {
-    let fleet = processing_fleet(1, &["w1"]).await;
+async fn a_lost_reply_to_a_checkpoint_does_not_lose_the_lease(config: SchedulerConfig) {
+    let fleet = processing_fleet(&config, 1, &["w1"]).await;
     let producer = Producer::start(fleet.kinesis.clone(), fleet.stream.clone(), 4, Duration::from_millis(100));
     sleep(Duration::from_secs(3)).await;
     // Half of w1's checkpoints land but lose their replies.
@@ -150,12 +159,13 @@ async fn kill_and_time_failover(fleet: &mut Fleet, victim: &str, shards: &[Strin
     killed_at.elapsed()
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_dead_workers_leases_never_go_back_to_it_and_move_within_one_and_a_half_lease_durations() {
+async fn a_dead_workers_leases_never_go_back_to_it_and_move_within_one_and_a_half_lease_durations(
+    config: SchedulerConfig,
+) {
     let mut failovers = Vec::new();
     // Kill times spread over the renewal (3.3 s) and metrics (2 s) periods of an idle fleet.
     for offset in 0..40u64 {
-        let mut fleet = processing_fleet(4, &["w1", "w2", "w3"]).await;
+        let mut fleet = processing_fleet(&config, 4, &["w1", "w2", "w3"]).await;
         sleep(Duration::from_secs(12) + Duration::from_millis(offset * 167)).await;
         let victim = busy_follower(&fleet);
         let shards = fleet.processing()[&victim].clone();
@@ -164,17 +174,16 @@ async fn a_dead_workers_leases_never_go_back_to_it_and_move_within_one_and_a_hal
         fleet.shutdown_all().await;
     }
     failovers.sort();
-    let lease_duration = support::test_config().lease_duration;
+    let lease_duration = config.lease_duration;
     eprintln!("worker failover: min {:?}, max {:?}", failovers[0], failovers[failovers.len() - 1]);
     let worst = failovers[failovers.len() - 1];
     assert!(worst <= lease_duration * 3 / 2, "a worker failover took {worst:?}: {failovers:?}");
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_killed_leaders_shards_move_within_15s() {
+async fn a_killed_leaders_shards_move_within_15s(config: SchedulerConfig) {
     let mut failovers = Vec::new();
     for offset in 0..20u64 {
-        let mut fleet = processing_fleet(4, &["w1", "w2", "w3"]).await;
+        let mut fleet = processing_fleet(&config, 4, &["w1", "w2", "w3"]).await;
         sleep(Duration::from_secs(12) + Duration::from_millis(offset * 211)).await;
         let leader = fleet.leader().expect("a leader");
         let shards = fleet.processing()[&leader].clone();
@@ -190,10 +199,9 @@ async fn a_killed_leaders_shards_move_within_15s() {
     assert!(worst <= Duration::from_secs(15), "moving a dead leader's shards took {worst:?}: {failovers:?}");
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_leader_killed_during_a_worker_failover_resumes_assignment_within_15s() {
+async fn a_leader_killed_during_a_worker_failover_resumes_assignment_within_15s(config: SchedulerConfig) {
     for offset in 0..10u64 {
-        let mut fleet = processing_fleet(6, &["w1", "w2", "w3", "w4"]).await;
+        let mut fleet = processing_fleet(&config, 6, &["w1", "w2", "w3", "w4"]).await;
         sleep(Duration::from_secs(12) + Duration::from_millis(offset * 331)).await;
         let leader = fleet.leader().expect("a leader");
         let worker = busy_follower(&fleet);
@@ -212,9 +220,8 @@ async fn a_leader_killed_during_a_worker_failover_resumes_assignment_within_15s(
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_leader_cut_off_from_the_lock_stops_its_shards_before_they_move() {
-    let fleet = processing_fleet(4, &["w1", "w2", "w3"]).await;
+async fn a_leader_cut_off_from_the_lock_stops_its_shards_before_they_move(config: SchedulerConfig) {
+    let fleet = processing_fleet(&config, 4, &["w1", "w2", "w3"]).await;
     let producer = Producer::start(fleet.kinesis.clone(), fleet.stream.clone(), 8, Duration::from_millis(100));
     sleep(Duration::from_secs(5)).await;
     let leader = fleet.leader().expect("a leader");
@@ -243,9 +250,9 @@ async fn a_leader_cut_off_from_the_lock_stops_its_shards_before_they_move() {
     drop(producer);
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_lease_key_that_names_no_shard_is_never_processed() {
+async fn a_lease_key_that_names_no_shard_is_never_processed(config: SchedulerConfig) {
     let mut fleet = Fleet::new(1).await;
+    fleet.config = config.clone();
     // A multi-stream lease key (`account:stream:creation:shard`) with a long stream name: longer
     // than any shard id can be, and not of a shard id's characters.
     let key = format!("123456789012:{}:1700000000:shardId-000000000000", "orders-".repeat(18));
@@ -267,9 +274,9 @@ async fn a_lease_key_that_names_no_shard_is_never_processed() {
     fleet.shutdown_all().await;
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_parent_expired_past_retention_does_not_block_its_children() {
+async fn a_parent_expired_past_retention_does_not_block_its_children(config: SchedulerConfig) {
     let mut fleet = Fleet::new(1).await;
+    fleet.config = config.clone();
     fleet.initial_position = kcl::InitialPosition::Latest;
     fleet.start("w1");
     fleet.wait_for(Duration::from_secs(30), "the shard processed", |f| f.processing()["w1"].len() == 1).await;
@@ -306,9 +313,9 @@ async fn a_parent_expired_past_retention_does_not_block_its_children() {
     fleet.shutdown_all().await;
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_lease_whose_shard_no_longer_exists_is_cleaned_up() {
+async fn a_lease_whose_shard_no_longer_exists_is_cleaned_up(config: SchedulerConfig) {
     let mut fleet = Fleet::new(1).await;
+    fleet.config = config.clone();
     let garbage = Lease::new(ShardId::from_index(99).as_str(), ExtendedSequenceNumber::TrimHorizon);
     fleet.leases.create_lease_if_not_exists(&garbage).await.expect("create");
     fleet.start("w1");
@@ -327,3 +334,35 @@ async fn a_lease_whose_shard_no_longer_exists_is_cleaned_up() {
     );
     fleet.shutdown_all().await;
 }
+
+/// Runs each named test once per lease mode: `<name>::per_lease` and `<name>::heartbeat`.
+macro_rules! in_both_modes {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(start_paused = true)]
+                async fn per_lease() {
+                    super::$name(super::support::test_config().per_lease()).await;
+                }
+
+                #[tokio::test(start_paused = true)]
+                async fn heartbeat() {
+                    super::$name(super::support::test_config().worker_heartbeats()).await;
+                }
+            }
+        )*
+    };
+}
+
+in_both_modes!(
+    a_worker_whose_lease_store_hangs_stops_before_its_shards_move,
+    a_worker_whose_lease_store_answers_too_late_stops_before_its_shards_move,
+    a_lost_reply_to_a_checkpoint_does_not_lose_the_lease,
+    a_dead_workers_leases_never_go_back_to_it_and_move_within_one_and_a_half_lease_durations,
+    a_killed_leaders_shards_move_within_15s,
+    a_leader_killed_during_a_worker_failover_resumes_assignment_within_15s,
+    a_leader_cut_off_from_the_lock_stops_its_shards_before_they_move,
+    a_lease_key_that_names_no_shard_is_never_processed,
+    a_parent_expired_past_retention_does_not_block_its_children,
+    a_lease_whose_shard_no_longer_exists_is_cleaned_up,
+);

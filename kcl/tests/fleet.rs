@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use support::*;
 
-#[tokio::test(start_paused = true)]
 async fn three_workers_share_eight_shards_evenly() {
     let mut fleet = Fleet::new(8).await;
     for w in ["w1", "w2", "w3"] {
@@ -69,7 +68,6 @@ fn duplicates_only_after_failover(
     }
 }
 
-#[tokio::test(start_paused = true)]
 async fn killed_worker_shards_move_within_two_lease_durations() {
     let (mut fleet, producer) = running_fleet().await;
     let leader = fleet.leader().expect("a leader");
@@ -99,7 +97,6 @@ async fn killed_worker_shards_move_within_two_lease_durations() {
     fleet.shutdown_all().await;
 }
 
-#[tokio::test(start_paused = true)]
 async fn killed_leader_is_replaced_and_assignment_resumes_within_15s() {
     let (mut fleet, producer) = running_fleet().await;
     let leader = fleet.leader().expect("a leader");
@@ -156,7 +153,6 @@ async fn killed_leader_is_replaced_and_assignment_resumes_within_15s() {
     fleet.shutdown_all().await;
 }
 
-#[tokio::test(start_paused = true)]
 async fn an_added_worker_gets_a_fair_share_through_graceful_handoffs() {
     let mut fleet = Fleet::new(8).await;
     fleet.start("w1");
@@ -186,7 +182,6 @@ async fn an_added_worker_gets_a_fair_share_through_graceful_handoffs() {
     fleet.shutdown_all().await;
 }
 
-#[tokio::test(start_paused = true)]
 async fn graceful_shutdown_hands_shards_over_without_duplicates() {
     let (mut fleet, producer) = running_fleet().await;
     let leaving = fleet.leader().expect("a leader");
@@ -247,7 +242,6 @@ async fn keys_per_shard(fleet: &Fleet, prefix: &str, per_shard: usize) -> Vec<(S
         .collect()
 }
 
-#[tokio::test(start_paused = true)]
 async fn a_hot_worker_sheds_leases_by_throughput() {
     use kinesis_core::{Kinesis, PutRecordsEntry};
     let mut fleet = Fleet::new(4).await;
@@ -370,14 +364,23 @@ fn handoff_requests(fleet: &Fleet) -> usize {
         .count()
 }
 
-#[tokio::test(start_paused = true)]
 async fn an_idle_fleet_keeps_its_leases_after_a_small_burst() {
     // 400 tiny records: about a KB/s per lease while consumed, then decaying towards zero.
     idle_fleet_keeps_its_leases_after_a_burst(4, 1).await;
 }
 
-#[tokio::test(start_paused = true)]
 async fn an_idle_fleet_keeps_its_leases_after_a_large_burst() {
     // 4 000 records of 2 KB: hundreds of KB/s per lease while the burst lasts, then silence.
     idle_fleet_keeps_its_leases_after_a_burst(40, 2_000).await;
 }
+
+in_both_lease_modes!(
+    three_workers_share_eight_shards_evenly,
+    killed_worker_shards_move_within_two_lease_durations,
+    killed_leader_is_replaced_and_assignment_resumes_within_15s,
+    an_added_worker_gets_a_fair_share_through_graceful_handoffs,
+    graceful_shutdown_hands_shards_over_without_duplicates,
+    a_hot_worker_sheds_leases_by_throughput,
+    an_idle_fleet_keeps_its_leases_after_a_small_burst,
+    an_idle_fleet_keeps_its_leases_after_a_large_burst,
+);

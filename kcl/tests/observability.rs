@@ -10,7 +10,6 @@ use kcl::LeaseStore;
 use support::*;
 use tokio::time::sleep;
 
-#[tokio::test(start_paused = true)]
 async fn metrics_are_emitted_under_the_kcl_names() {
     let recorder = TestRecorder::default();
     let _guard = metrics::set_default_local_recorder(&recorder);
@@ -55,7 +54,11 @@ async fn metrics_are_emitted_under_the_kcl_names() {
     let w = |name: &str, worker: &str| format!("{name}{{worker={worker}}}");
     assert_eq!(recorder.gauge(&w("CurrentLeases", &survivor)), Some(4.0));
     assert!(recorder.counter(&w("TakenLeases", &survivor)) >= 4, "took its own and the dead worker's leases");
-    assert!(recorder.counter(&format!("RenewAllLeases{{result=success,worker={survivor}}}")) >= 5);
+    let proofs = match fleet.config.lease_mode {
+        kcl::LeaseMode::PerLease => "RenewAllLeases",
+        kcl::LeaseMode::WorkerHeartbeat(_) => "WorkerHeartbeats",
+    };
+    assert!(recorder.counter(&format!("{proofs}{{result=success,worker={survivor}}}")) >= 5, "{proofs}");
     assert_eq!(recorder.counter(&w("LeaderChanges", &leader)), 1);
     assert_eq!(recorder.counter(&w("LeaderChanges", &survivor)), 1, "became leader once, after the kill");
     assert_eq!(recorder.gauge(&w("IsLeader", &survivor)), Some(1.0));
@@ -67,7 +70,15 @@ async fn metrics_are_emitted_under_the_kcl_names() {
     // A lease taken away from the survivor is counted as lost.
     let lease = fleet.lease_table().await.into_iter().find(|l| l.is_owned_by(&survivor)).expect("a lease");
     fleet.leases.take_lease(&lease, "thief", &kcl::lease::WriteToken::new()).await.expect("steal");
+    if matches!(fleet.config.lease_mode, kcl::LeaseMode::WorkerHeartbeat(_)) {
+        // In heartbeat mode nothing renews the lease: the leader's signal on the worker's row is
+        // what sends it to the lease table (as the leader does with every move).
+        let signal = kcl::WorkerSignal::Assignments { assigned_leases: 3 };
+        kcl::WorkerMetricsStore::signal_worker(&fleet.metrics, &survivor, &signal).await.expect("signal");
+    }
     fleet.wait_for(Duration::from_secs(10), "the loss noticed", |f| f.processing()[&survivor].len() == 3).await;
     assert_eq!(recorder.counter(&w("LostLeases", &survivor)), 1);
     fleet.shutdown_all().await;
 }
+
+in_both_lease_modes!(metrics_are_emitted_under_the_kcl_names);

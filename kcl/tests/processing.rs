@@ -126,6 +126,7 @@ async fn stop_shard_policy_never_checkpoints_past_the_failed_batch() {
 #[tokio::test(start_paused = true)]
 async fn a_lost_renewal_stops_the_shard_at_once() {
     let mut fleet = Fleet::new(1).await;
+    fleet.config = fleet.config.clone().per_lease();
     fleet.recorder.behavior(|b| b.delay = Duration::from_secs(5));
     one_worker(&mut fleet).await;
     let producer = Producer::start(fleet.kinesis.clone(), fleet.stream.clone(), 4, Duration::from_millis(250));
@@ -160,8 +161,81 @@ async fn a_lost_renewal_stops_the_shard_at_once() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_lease_moved_by_the_leader_stops_the_shard_at_the_next_heartbeat() {
+    let mut fleet = Fleet::new(1).await;
+    fleet.config = fleet.config.clone().worker_heartbeats();
+    fleet.recorder.behavior(|b| b.delay = Duration::from_secs(5));
+    one_worker(&mut fleet).await;
+    let producer = Producer::start(fleet.kinesis.clone(), fleet.stream.clone(), 4, Duration::from_millis(250));
+    sleep(Duration::from_secs(7)).await;
+    // The lease moves while process_records is in flight, and the mover signals w1's row as the
+    // leader does with every move.
+    let lease = fleet.lease_table().await.remove(0);
+    fleet.leases.take_lease(&lease, "thief", &kcl::lease::WriteToken::new()).await.expect("steal");
+    let signal = kcl::WorkerSignal::Assignments { assigned_leases: 0 };
+    kcl::WorkerMetricsStore::signal_worker(&fleet.metrics, "w1", &signal).await.expect("signal");
+    let stolen_at = Instant::now();
+    fleet
+        .wait_for(Duration::from_secs(10), "lease_lost", |f| {
+            f.recorder.events().iter().any(|e| matches!(e, Event::LeaseLost { worker, .. } if worker == "w1"))
+        })
+        .await;
+    let noticed = stolen_at.elapsed();
+    let heartbeat = fleet.config.heartbeat_interval().expect("heartbeat mode");
+    assert!(noticed <= heartbeat + Duration::from_millis(100), "noticed after {noticed:?}");
+    let lost_at = stolen_at + noticed;
+    assert!(
+        !fleet.recorder.deliveries().iter().any(|d| d.worker == "w1" && d.at >= lost_at),
+        "w1 kept processing after the loss"
+    );
+    // The thief has no heartbeat row: the leader judges its lease by the counter, gives it back,
+    // and nothing is lost.
+    let sent = producer.stop().await;
+    let total: u64 = sent.values().sum();
+    fleet
+        .wait_for(Duration::from_secs(120), "every record delivered", |f| {
+            first_deliveries(&f.recorder.deliveries()).len() as u64 >= total
+        })
+        .await;
+    check_order(&fleet.recorder.deliveries(), &sent);
+    fleet.shutdown_all().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_heartbeat_that_does_not_land_for_the_lease_duration_stops_the_shard() {
+    use kcl::store::faults::{StoreFaultRule, StoreOperation};
+    let mut fleet = Fleet::new(1).await;
+    fleet.config = fleet.config.clone().worker_heartbeats();
+    one_worker(&mut fleet).await;
+    let producer = Producer::start(fleet.kinesis.clone(), fleet.stream.clone(), 4, Duration::from_millis(250));
+    sleep(Duration::from_secs(5)).await;
+    fleet.faults("w1").add(StoreFaultRule::on(StoreOperation::HeartbeatWorker).fail());
+    let outage = Instant::now();
+    fleet.wait_for(Duration::from_secs(30), "the shard stopped", |f| f.handle("w1").state().shards.is_empty()).await;
+    let after = outage.elapsed();
+    let (duration, heartbeat) = (fleet.config.lease_duration, fleet.config.heartbeat_interval().expect("heartbeat"));
+    assert!(after + heartbeat >= duration && after <= duration, "stopped after {after:?}");
+    assert!(
+        !fleet.recorder.deliveries().iter().any(|d| d.at >= outage + duration),
+        "delivered after the heartbeat fence"
+    );
+    // The heartbeat comes back: the worker takes its leases up again and nothing is lost.
+    fleet.faults("w1").clear();
+    let sent = producer.stop().await;
+    let total: u64 = sent.values().sum();
+    fleet
+        .wait_for(Duration::from_secs(60), "every record delivered", |f| {
+            first_deliveries(&f.recorder.deliveries()).len() as u64 >= total
+        })
+        .await;
+    check_order(&fleet.recorder.deliveries(), &sent);
+    fleet.shutdown_all().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_lease_not_renewed_for_its_duration_expires_on_the_local_clock() {
     let mut fleet = Fleet::new(1).await;
+    fleet.config = fleet.config.clone().per_lease();
     one_worker(&mut fleet).await;
     let producer = Producer::start(fleet.kinesis.clone(), fleet.stream.clone(), 4, Duration::from_millis(250));
     sleep(Duration::from_secs(5)).await;

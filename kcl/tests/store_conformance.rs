@@ -60,3 +60,8 @@ async fn leader_lock() {
 async fn worker_metrics() {
     conformance::worker_metrics(&MemoryWorkerMetricsStore::new()).await;
 }
+
+#[tokio::test]
+async fn worker_heartbeats() {
+    conformance::worker_heartbeats(&MemoryWorkerMetricsStore::new()).await;
+}

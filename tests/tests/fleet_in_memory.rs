@@ -3,7 +3,7 @@
 //! three `kcl` workers share it through in-memory stores; midway a shard splits and a worker
 //! is killed (no graceful release). Afterwards every record is accounted for, order per key
 //! holds within each shard and across the lineage, duplicates come only from the failover,
-//! and the failover stays within twice the lease duration.
+//! and the failover stays within twice the lease duration — in both lease modes.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,7 +19,16 @@ const RECORDS: u64 = 30_000;
 const KEYS: u64 = 300;
 
 #[tokio::test(start_paused = true)]
-async fn produce_split_kill_and_account_for_every_record() {
+async fn produce_split_kill_and_account_for_every_record_with_worker_heartbeats() {
+    produce_split_kill_and_account_for_every_record(SchedulerConfig::default().worker_heartbeats()).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn produce_split_kill_and_account_for_every_record_with_per_lease_renewal() {
+    produce_split_kill_and_account_for_every_record(SchedulerConfig::default().per_lease()).await;
+}
+
+async fn produce_split_kill_and_account_for_every_record(config: SchedulerConfig) {
     let epoch = Instant::now();
     let broker = MemoryBroker::new();
     let stream = StreamRef::from("fleet");
@@ -31,7 +40,7 @@ async fn produce_split_kill_and_account_for_every_record() {
         Arc::new(MemoryCoordinatorStore::new()),
         Arc::new(MemoryWorkerMetricsStore::new()),
     );
-    let config = SchedulerConfig::default().with_cpu_metrics(CpuMetrics::Disabled);
+    let config = config.with_cpu_metrics(CpuMetrics::Disabled);
     let lease_duration = config.lease_duration;
     let mut workers: Vec<Option<SchedulerHandle>> = (0..3)
         .map(|i| {

@@ -92,7 +92,9 @@ impl Consumer {
             }
             Side::Ours => {
                 let mut c = Command::new(example_binary("consume"));
-                c.args(["--idle-exit", "600"]);
+                // Beside Java KCL workers, leases must be renewed one by one (the Java KCL takes
+                // a lease nobody renews for expired).
+                c.args(["--idle-exit", "600", "--lease-mode", "per-lease"]);
                 c
             }
         };

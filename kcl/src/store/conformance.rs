@@ -278,10 +278,9 @@ pub async fn leader_lock<S: CoordinatorStore>(store: &S) {
 /// Worker metrics: upsert, list, conditional delete.
 pub async fn worker_metrics<S: WorkerMetricsStore>(store: &S) {
     let mut m = WorkerMetrics {
-        worker_id: "w1".into(),
-        last_update_secs: 1_700_000_000,
         metric_stats: [("C".to_owned(), vec![10.0, 20.5, -1.0])].into_iter().collect(),
         operating_range: [("C".to_owned(), vec![100.0])].into_iter().collect(),
+        ..WorkerMetrics::new("w1", 1_700_000_000)
     };
     store.put_worker_metrics(&m).await.expect("put");
     m.last_update_secs += 30;
@@ -295,4 +294,73 @@ pub async fn worker_metrics<S: WorkerMetricsStore>(store: &S) {
     assert!(store.delete_worker_metrics("w1", 1_700_000_000).await.is_err(), "stale timestamp");
     store.delete_worker_metrics("w1", m.last_update_secs).await.expect("delete");
     assert_eq!(store.list_worker_metrics().await.expect("list").len(), 1);
+}
+
+/// Heartbeat rows: a heartbeat keeps the signals others wrote and returns them; a row carrying
+/// another incarnation is refused unless replaced explicitly; signals need a heartbeat row; a
+/// plain report clears heartbeat and signals; the consistent read sees every write.
+pub async fn worker_heartbeats<S: WorkerMetricsStore>(store: &S) {
+    use super::{StandbyStamp, WorkerHeartbeat, WorkerSignal, WorkerSignals};
+    let heartbeat = |incarnation: &str, beat| WorkerHeartbeat {
+        incarnation: incarnation.into(),
+        beat,
+        lease_changes: 2,
+        held_leases: 3,
+        throughput_kbps: 12.5,
+    };
+    let row = |secs, h: WorkerHeartbeat| WorkerMetrics { heartbeat: Some(h), ..WorkerMetrics::new("hb1", secs) };
+    assert!(
+        matches!(
+            store.signal_worker("hb1", &WorkerSignal::Assignments { assigned_leases: 1 }).await,
+            Err(StoreError::MetricsConditionFailed)
+        ),
+        "no row: a signal never creates one"
+    );
+    let first = store.heartbeat_worker(&row(100, heartbeat("a", 1)), None).await.expect("first heartbeat");
+    assert_eq!(first.signals, WorkerSignals::default());
+    assert_eq!(first.heartbeat, Some(heartbeat("a", 1)));
+    store.signal_worker("hb1", &WorkerSignal::Assignments { assigned_leases: 7 }).await.expect("signal");
+    let stamp = StandbyStamp { record_version: "v1".into(), lease_duration: std::time::Duration::from_secs(8) };
+    store.signal_worker("hb1", &WorkerSignal::Standby(Some(stamp.clone()))).await.expect("stamp");
+    store.signal_worker("hb1", &WorkerSignal::Assignments { assigned_leases: 5 }).await.expect("signal");
+    let second = store.heartbeat_worker(&row(102, heartbeat("a", 2)), None).await.expect("second heartbeat");
+    assert_eq!(
+        second.signals,
+        WorkerSignals { assignment_version: 2, assigned_leases: 5, standby: Some(stamp) },
+        "the heartbeat returns what the leader wrote"
+    );
+    assert_eq!(second.last_update_secs, 102);
+    let consistent = store.get_worker_metrics("hb1").await.expect("get").expect("exists");
+    assert_eq!(consistent, second);
+    assert!(store.get_worker_metrics("nobody").await.expect("get").is_none());
+    store.signal_worker("hb1", &WorkerSignal::Standby(None)).await.expect("clear the stamp");
+    match store.heartbeat_worker(&row(103, heartbeat("b", 1)), None).await {
+        Err(StoreError::HeartbeatRowTaken { current }) => {
+            assert_eq!(current.and_then(|c| c.heartbeat).map(|h| h.incarnation).as_deref(), Some("a"))
+        }
+        other => panic!("another incarnation must be refused: {other:?}"),
+    }
+    let taken = store.heartbeat_worker(&row(104, heartbeat("b", 1)), Some("a")).await.expect("take the row over");
+    assert_eq!(taken.signals.assignment_version, 2);
+    assert_eq!(taken.signals.standby, None);
+    assert!(
+        matches!(
+            store.heartbeat_worker(&row(105, heartbeat("a", 3)), None).await,
+            Err(StoreError::HeartbeatRowTaken { .. })
+        ),
+        "the old process is shut out"
+    );
+    store.put_worker_metrics(&WorkerMetrics::new("hb1", 106)).await.expect("plain report");
+    let plain = store.get_worker_metrics("hb1").await.expect("get").expect("exists");
+    assert_eq!(plain.heartbeat, None);
+    assert_eq!(plain.signals, WorkerSignals::default());
+    assert!(
+        matches!(
+            store.signal_worker("hb1", &WorkerSignal::Assignments { assigned_leases: 1 }).await,
+            Err(StoreError::MetricsConditionFailed)
+        ),
+        "a row without a heartbeat takes no signals"
+    );
+    store.heartbeat_worker(&row(107, heartbeat("c", 1)), None).await.expect("a heartbeat over a plain row");
+    store.delete_worker_metrics("hb1", 107).await.expect("delete");
 }

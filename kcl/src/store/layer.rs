@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{CoordinatorStore, LeaseStore, LockItem, StoreError, WorkerMetrics, WorkerMetricsStore};
+use super::{CoordinatorStore, LeaseStore, LockItem, StoreError, WorkerMetrics, WorkerMetricsStore, WorkerSignal};
 use crate::lease::{Lease, WriteToken};
 
 /// The store calls a [`StoreLayer`] sees (and a [`StoreFaultRule`](super::faults::StoreFaultRule) can target).
@@ -59,6 +59,12 @@ pub enum StoreOperation {
     PutWorkerMetrics,
     /// [`WorkerMetricsStore::list_worker_metrics`].
     ListWorkerMetrics,
+    /// [`WorkerMetricsStore::get_worker_metrics`].
+    GetWorkerMetrics,
+    /// [`WorkerMetricsStore::heartbeat_worker`].
+    HeartbeatWorker,
+    /// [`WorkerMetricsStore::signal_worker`].
+    SignalWorker,
     /// [`WorkerMetricsStore::delete_worker_metrics`].
     DeleteWorkerMetrics,
 }
@@ -89,6 +95,9 @@ impl StoreOperation {
             StoreOperation::ReleaseLock => "release_lock",
             StoreOperation::PutWorkerMetrics => "put_worker_metrics",
             StoreOperation::ListWorkerMetrics => "list_worker_metrics",
+            StoreOperation::GetWorkerMetrics => "get_worker_metrics",
+            StoreOperation::HeartbeatWorker => "heartbeat_worker",
+            StoreOperation::SignalWorker => "signal_worker",
             StoreOperation::DeleteWorkerMetrics => "delete_worker_metrics",
         }
     }
@@ -99,7 +108,8 @@ impl StoreOperation {
             CreateLease | GetLease | ListLeases | ListOwnedLeaseKeys | RenewLease | TakeLease | AssignLease
             | InitiateHandoff | EvictLease | UpdateLease | UpdateLeaseMeta | DeleteLease => AnyLease,
             GetLock | AcquireLock | HeartbeatLock | ReleaseLock => AnyLock,
-            PutWorkerMetrics | ListWorkerMetrics | DeleteWorkerMetrics => AnyWorkerMetrics,
+            PutWorkerMetrics | ListWorkerMetrics | GetWorkerMetrics | HeartbeatWorker | SignalWorker
+            | DeleteWorkerMetrics => AnyWorkerMetrics,
             group => group,
         }
     }
@@ -252,6 +262,21 @@ impl<S: WorkerMetricsStore, L: StoreLayer> WorkerMetricsStore for Layered<S, L> 
 
     async fn list_worker_metrics(&self) -> Result<Vec<WorkerMetrics>, StoreError> {
         self.layer.call(StoreOperation::ListWorkerMetrics, None, self.inner.list_worker_metrics()).await
+    }
+
+    async fn get_worker_metrics(&self, worker_id: &str) -> Result<Option<WorkerMetrics>, StoreError> {
+        let call = self.inner.get_worker_metrics(worker_id);
+        self.layer.call(StoreOperation::GetWorkerMetrics, Some(worker_id), call).await
+    }
+
+    async fn heartbeat_worker(&self, row: &WorkerMetrics, replaces: Option<&str>) -> Result<WorkerMetrics, StoreError> {
+        let call = self.inner.heartbeat_worker(row, replaces);
+        self.layer.call(StoreOperation::HeartbeatWorker, Some(row.worker_id.as_str()), call).await
+    }
+
+    async fn signal_worker(&self, worker_id: &str, signal: &WorkerSignal) -> Result<(), StoreError> {
+        let call = self.inner.signal_worker(worker_id, signal);
+        self.layer.call(StoreOperation::SignalWorker, Some(worker_id), call).await
     }
 
     async fn delete_worker_metrics(&self, worker_id: &str, expected_last_update_secs: u64) -> Result<(), StoreError> {

@@ -9,7 +9,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{
-    CoordinatorStore, LeaseStore, LockItem, StoreError, WorkerMetrics, WorkerMetricsStore, new_record_version,
+    CoordinatorStore, LeaseStore, LockItem, StoreError, WorkerMetrics, WorkerMetricsStore, WorkerSignal, WorkerSignals,
+    new_record_version,
 };
 use crate::lease::{Lease, WriteToken};
 
@@ -296,12 +297,52 @@ impl MemoryWorkerMetricsStore {
 #[async_trait]
 impl WorkerMetricsStore for MemoryWorkerMetricsStore {
     async fn put_worker_metrics(&self, metrics: &WorkerMetrics) -> Result<(), StoreError> {
-        lock(&self.metrics).insert(metrics.worker_id.clone(), metrics.clone());
+        let row = WorkerMetrics { heartbeat: None, signals: WorkerSignals::default(), ..metrics.clone() };
+        lock(&self.metrics).insert(metrics.worker_id.clone(), row);
         Ok(())
     }
 
     async fn list_worker_metrics(&self) -> Result<Vec<WorkerMetrics>, StoreError> {
         Ok(lock(&self.metrics).values().cloned().collect())
+    }
+
+    async fn get_worker_metrics(&self, worker_id: &str) -> Result<Option<WorkerMetrics>, StoreError> {
+        Ok(lock(&self.metrics).get(worker_id).cloned())
+    }
+
+    async fn heartbeat_worker(&self, row: &WorkerMetrics, replaces: Option<&str>) -> Result<WorkerMetrics, StoreError> {
+        let Some(heartbeat) = &row.heartbeat else {
+            return Err(StoreError::Backend { message: "a heartbeat row needs a heartbeat".into() });
+        };
+        let mut metrics = lock(&self.metrics);
+        let signals = match metrics.get(&row.worker_id) {
+            None => WorkerSignals::default(),
+            Some(current) => match &current.heartbeat {
+                None => current.signals.clone(),
+                Some(h) if h.incarnation == heartbeat.incarnation || Some(h.incarnation.as_str()) == replaces => {
+                    current.signals.clone()
+                }
+                Some(_) => return Err(StoreError::HeartbeatRowTaken { current: Some(Box::new(current.clone())) }),
+            },
+        };
+        let written = WorkerMetrics { signals, ..row.clone() };
+        metrics.insert(row.worker_id.clone(), written.clone());
+        Ok(written)
+    }
+
+    async fn signal_worker(&self, worker_id: &str, signal: &WorkerSignal) -> Result<(), StoreError> {
+        let mut metrics = lock(&self.metrics);
+        let Some(row) = metrics.get_mut(worker_id).filter(|r| r.heartbeat.is_some()) else {
+            return Err(StoreError::MetricsConditionFailed);
+        };
+        match signal {
+            WorkerSignal::Assignments { assigned_leases } => {
+                row.signals.assignment_version += 1;
+                row.signals.assigned_leases = *assigned_leases;
+            }
+            WorkerSignal::Standby(stamp) => row.signals.standby = stamp.clone(),
+        }
+        Ok(())
     }
 
     async fn delete_worker_metrics(&self, worker_id: &str, expected_last_update_secs: u64) -> Result<(), StoreError> {

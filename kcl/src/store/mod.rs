@@ -54,6 +54,13 @@ pub enum StoreError {
     /// A worker-metrics write's condition failed.
     #[error("worker metrics condition failed")]
     MetricsConditionFailed,
+    /// A heartbeat was refused: the worker's row carries another process's incarnation (a
+    /// restart, or a second process with the same worker id, took the row over).
+    #[error("the worker's heartbeat row belongs to another process{}", current.as_ref().and_then(|r| r.heartbeat.as_ref()).map(|h| format!(" (incarnation {})", h.incarnation)).unwrap_or_default())]
+    HeartbeatRowTaken {
+        /// The row as it is now, if known.
+        current: Option<Box<WorkerMetrics>>,
+    },
     /// The backend throttled the call; retry with backoff.
     #[error("store throttled: {message}")]
     Throttled {
@@ -107,7 +114,13 @@ impl StoreError {
 
     /// Whether a conditional write lost (the caller's view of the item is stale).
     pub fn is_condition_failure(&self) -> bool {
-        matches!(self, StoreError::LeaseLost { .. } | StoreError::LockLost { .. } | StoreError::MetricsConditionFailed)
+        matches!(
+            self,
+            StoreError::LeaseLost { .. }
+                | StoreError::LockLost { .. }
+                | StoreError::MetricsConditionFailed
+                | StoreError::HeartbeatRowTaken { .. }
+        )
     }
 
     /// A [`StoreError::LeaseLost`] with the current item.
@@ -228,7 +241,8 @@ pub trait CoordinatorStore: Send + Sync {
     async fn release_lock(&self, held: &LockItem) -> Result<(), StoreError>;
 }
 
-/// One worker's reported load.
+/// One worker's row in the worker-metrics table: its reported load and, in heartbeat-lease mode,
+/// its heartbeat.
 #[derive(Clone, Debug, PartialEq)]
 pub struct WorkerMetrics {
     /// The worker's id.
@@ -239,16 +253,107 @@ pub struct WorkerMetrics {
     pub metric_stats: BTreeMap<String, Vec<f64>>,
     /// Per metric, the operating range (`[max utilization]`).
     pub operating_range: BTreeMap<String, Vec<f64>>,
+    /// The worker's heartbeat, on rows of workers in heartbeat-lease mode
+    /// ([`LeaseMode::WorkerHeartbeat`](crate::config::LeaseMode)); `None` on rows written by
+    /// workers that renew every lease (the Java KCL's, or `kcl`'s in per-lease mode), whose
+    /// leases are judged by their counters.
+    pub heartbeat: Option<WorkerHeartbeat>,
+    /// What the leader wrote on the row for the worker to read back with its next heartbeat.
+    pub signals: WorkerSignals,
 }
 
-/// The worker-metrics table.
+impl WorkerMetrics {
+    /// A row with no samples, heartbeat or signals.
+    pub fn new(worker_id: impl Into<String>, last_update_secs: u64) -> Self {
+        WorkerMetrics {
+            worker_id: worker_id.into(),
+            last_update_secs,
+            metric_stats: BTreeMap::new(),
+            operating_range: BTreeMap::new(),
+            heartbeat: None,
+            signals: WorkerSignals::default(),
+        }
+    }
+}
+
+/// The part of a heartbeat row its worker writes: one conditional write per heartbeat interval
+/// proves the worker alive for all the leases it holds.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkerHeartbeat {
+    /// A random token chosen when the worker's process starts: a heartbeat requires the row to
+    /// carry it, so two processes with the same worker id cannot both heartbeat.
+    pub incarnation: String,
+    /// Counts the process's heartbeats; every heartbeat changes the row.
+    pub beat: u64,
+    /// Counts the worker's changes to the lease set that the leader must act on (a lease released
+    /// or finished, child leases created).
+    pub lease_changes: u64,
+    /// How many leases the worker holds.
+    pub held_leases: u64,
+    /// The sum of the held leases' throughput, KB/s.
+    pub throughput_kbps: f64,
+}
+
+/// What the leader writes on a worker's heartbeat row (never the worker itself).
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct WorkerSignals {
+    /// Raised by the leader whenever it gives the worker a lease or moves one away from it: the
+    /// worker reads the lease table's owner index only when this changed.
+    pub assignment_version: u64,
+    /// How many leases the leader had the worker own when it last raised the version (so a
+    /// worker whose index query lags behind the assignment asks again).
+    pub assigned_leases: u64,
+    /// Present on the leader's standby: the leader lock as last heartbeated, so the standby
+    /// watches the lock without reading it.
+    pub standby: Option<StandbyStamp>,
+}
+
+/// The leader lock as its holder last heartbeated it, stamped on the standby's row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StandbyStamp {
+    /// The lock's record version after the heartbeat.
+    pub record_version: String,
+    /// The lock's lease duration.
+    pub lease_duration: Duration,
+}
+
+/// A leader's write on another worker's heartbeat row.
+#[derive(Clone, Debug, PartialEq)]
+pub enum WorkerSignal {
+    /// Raises the assignment version and records how many leases the worker now owns.
+    Assignments {
+        /// Leases owned by the worker after the leader's writes.
+        assigned_leases: u64,
+    },
+    /// Stamps (or clears) the standby's copy of the lock.
+    Standby(Option<StandbyStamp>),
+}
+
+/// The worker-metrics table: each worker's report and, in heartbeat-lease mode, its heartbeat.
 #[async_trait]
 pub trait WorkerMetricsStore: Send + Sync {
-    /// Writes (creates or replaces) a worker's report.
+    /// Writes (creates or replaces) a worker's report. Used in per-lease mode; it removes any
+    /// heartbeat and signals from the row.
     async fn put_worker_metrics(&self, metrics: &WorkerMetrics) -> Result<(), StoreError>;
 
-    /// Every worker's latest report.
+    /// Every worker's latest row. Eventually consistent on DynamoDB: a row may be shown as it
+    /// was shortly before; the leader confirms with
+    /// [`get_worker_metrics`](Self::get_worker_metrics) before it acts on a row looking unchanged.
     async fn list_worker_metrics(&self) -> Result<Vec<WorkerMetrics>, StoreError>;
+
+    /// One worker's row, strongly consistent.
+    async fn get_worker_metrics(&self, worker_id: &str) -> Result<Option<WorkerMetrics>, StoreError>;
+
+    /// A heartbeat: writes the worker's own part of its row (`last_update_secs`, the samples and
+    /// `heartbeat`, which must be `Some`), leaves `signals` as they are, and returns the row as
+    /// written. Requires the row to be absent, to carry no heartbeat, or to carry this
+    /// heartbeat's incarnation — or the incarnation `replaces` (a new process taking over the
+    /// row of the previous one). Otherwise fails with [`StoreError::HeartbeatRowTaken`].
+    async fn heartbeat_worker(&self, row: &WorkerMetrics, replaces: Option<&str>) -> Result<WorkerMetrics, StoreError>;
+
+    /// Writes a signal on a worker's heartbeat row. Requires the row to exist with a heartbeat
+    /// (else [`StoreError::MetricsConditionFailed`]); never creates one.
+    async fn signal_worker(&self, worker_id: &str, signal: &WorkerSignal) -> Result<(), StoreError>;
 
     /// Deletes a stale report: requires its `last_update_secs` to still equal `expected_last_update_secs`.
     async fn delete_worker_metrics(&self, worker_id: &str, expected_last_update_secs: u64) -> Result<(), StoreError>;
@@ -336,6 +441,15 @@ impl<T: WorkerMetricsStore + ?Sized> WorkerMetricsStore for std::sync::Arc<T> {
     }
     async fn list_worker_metrics(&self) -> Result<Vec<WorkerMetrics>, StoreError> {
         (**self).list_worker_metrics().await
+    }
+    async fn get_worker_metrics(&self, worker_id: &str) -> Result<Option<WorkerMetrics>, StoreError> {
+        (**self).get_worker_metrics(worker_id).await
+    }
+    async fn heartbeat_worker(&self, row: &WorkerMetrics, replaces: Option<&str>) -> Result<WorkerMetrics, StoreError> {
+        (**self).heartbeat_worker(row, replaces).await
+    }
+    async fn signal_worker(&self, worker_id: &str, signal: &WorkerSignal) -> Result<(), StoreError> {
+        (**self).signal_worker(worker_id, signal).await
     }
     async fn delete_worker_metrics(&self, worker_id: &str, expected_last_update_secs: u64) -> Result<(), StoreError> {
         (**self).delete_worker_metrics(worker_id, expected_last_update_secs).await

@@ -252,8 +252,52 @@ pub struct Fleet {
     pub store_faults: Mutex<BTreeMap<String, Arc<StoreFaults>>>,
 }
 
-/// The test configuration: the defaults, without host CPU (all workers share one host here).
+thread_local! {
+    /// The configuration [`Fleet::new`] gives a fleet, when a test sets one ([`with_config`]).
+    static CONFIG: std::cell::RefCell<Option<SchedulerConfig>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The test configuration: the defaults, without host CPU (all workers share one host here) — or
+/// the one [`with_config`] set for this test.
 pub fn test_config() -> SchedulerConfig {
+    CONFIG
+        .with(|c| c.borrow().clone())
+        .unwrap_or_else(|| SchedulerConfig::default().with_cpu_metrics(CpuMetrics::Disabled))
+}
+
+/// Runs `test` with every fleet it makes configured by `config` (tests run on a current-thread
+/// runtime, so the setting is the test's own).
+pub async fn with_config(config: SchedulerConfig, test: impl std::future::Future<Output = ()>) {
+    CONFIG.with(|c| *c.borrow_mut() = Some(config));
+    test.await;
+    CONFIG.with(|c| *c.borrow_mut() = None);
+}
+
+/// Runs each named `async fn()` test once per lease mode: `<name>::per_lease` and
+/// `<name>::heartbeat` (issue 14: the fleet tests hold in both modes).
+#[macro_export]
+macro_rules! in_both_lease_modes {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(start_paused = true)]
+                async fn per_lease() {
+                    let config = super::support::default_config().per_lease();
+                    super::support::with_config(config, super::$name()).await;
+                }
+
+                #[tokio::test(start_paused = true)]
+                async fn heartbeat() {
+                    let config = super::support::default_config().worker_heartbeats();
+                    super::support::with_config(config, super::$name()).await;
+                }
+            }
+        )*
+    };
+}
+
+/// The defaults without host CPU, whatever [`with_config`] set.
+pub fn default_config() -> SchedulerConfig {
     SchedulerConfig::default().with_cpu_metrics(CpuMetrics::Disabled)
 }
 
