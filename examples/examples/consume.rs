@@ -71,10 +71,10 @@ struct Args {
     /// Java KCL workers, which would otherwise see no CPU figure from this one).
     #[arg(long)]
     no_cpu_metrics: bool,
-    /// How the worker proves it holds its leases: a renewal per lease (the default; required in
-    /// a fleet shared with Java KCL workers), or one heartbeat row for all of them (opt-in, a
-    /// tenth of the DynamoDB bill).
-    #[arg(long, value_enum, default_value_t = LeaseModeArg::PerLease)]
+    /// How the worker proves it holds its leases: one heartbeat row for all of them (the
+    /// default, a tenth of the Java KCL's DynamoDB bill), or a renewal per lease — required in a
+    /// fleet shared with Java KCL workers.
+    #[arg(long, value_enum, default_value_t = LeaseModeArg::Heartbeat)]
     lease_mode: LeaseModeArg,
     /// Append one JSON line per record to this file.
     #[arg(long, value_name = "FILE")]
@@ -205,8 +205,8 @@ async fn main() -> ExitCode {
     if args.no_cpu_metrics {
         config = config.with_cpu_metrics(CpuMetrics::Disabled);
     }
-    if args.lease_mode == LeaseModeArg::Heartbeat {
-        config = config.worker_heartbeats();
+    if args.lease_mode == LeaseModeArg::PerLease {
+        config = config.per_lease();
     }
     builder = builder.config(config);
     let ddb_endpoint = args.ddb_endpoint.clone().or_else(|| env_endpoint("AWS_ENDPOINT_URL_DYNAMODB"));

@@ -275,10 +275,11 @@ pub enum LeaseMode {
 }
 
 impl Default for LeaseMode {
-    /// Per-lease renewal, for now: worker heartbeats are opt-in until they hold the fault
-    /// campaign's every seed (see the README).
+    /// Worker heartbeats with [`HeartbeatConfig::default`]: a new application's DynamoDB bill
+    /// stops growing with its shard count. A fleet shared with Java KCL workers must choose
+    /// [`LeaseMode::PerLease`].
     fn default() -> Self {
-        LeaseMode::PerLease
+        LeaseMode::WorkerHeartbeat(HeartbeatConfig::default())
     }
 }
 
@@ -324,7 +325,7 @@ impl Default for HeartbeatConfig {
 /// public fields change them.
 #[derive(Clone, Debug)]
 pub struct SchedulerConfig {
-    /// Per-lease renewal or worker heartbeats. Default [`LeaseMode::PerLease`].
+    /// Worker heartbeats or per-lease renewal. Default [`LeaseMode::WorkerHeartbeat`].
     pub lease_mode: LeaseMode,
     /// How long a lease lives without its counter changing, judged on each observer's own clock
     /// (the Java KCL's `failoverTimeMillis`). Default 10 s.

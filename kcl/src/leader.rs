@@ -97,6 +97,8 @@ use crate::worker_metrics::{cpu_of, max_cpu_of};
 
 /// How many workers the leader stamps as standbys (heartbeat mode).
 const STANDBYS: usize = 2;
+/// How long a former standby reads the lock every check interval after losing its stamp.
+const DEMOTED_WATCH: Duration = Duration::from_secs(60);
 
 /// The key of the leader lock in the coordinator store.
 pub const LEADER_LOCK_KEY: &str = "Leader";
@@ -168,6 +170,11 @@ impl ExpiryTracker {
                     seen.counter == lease.lease_counter
                         && now.saturating_duration_since(seen.since) >= self.lease_duration
                 }))
+    }
+
+    /// Since when the lease's current counter has been seen (this leader's clock), if it has.
+    pub fn unchanged_since(&self, lease: &Lease) -> Option<Instant> {
+        self.seen.get(&lease.lease_key).filter(|seen| seen.counter == lease.lease_counter).map(|seen| seen.since)
     }
 
     /// Whether the lease's holder fenced itself at the lease's current counter.
@@ -272,13 +279,10 @@ impl WorkerLiveness {
                     let limit = Self::limit(self.dead_after, seen);
                     let watched_change = now.saturating_duration_since(seen.last_seen) < limit;
                     let step = Duration::from_secs(row.last_update_secs.saturating_sub(seen.secs));
-                    *seen = RowSeen {
-                        secs: row.last_update_secs,
-                        since: now,
-                        watched_change,
-                        last_seen: now,
-                        cadence: step.min(MAX_REPORT_CADENCE),
-                    };
+                    // A heartbeat row's cadence is the heartbeat interval: a long step between
+                    // two sightings is a gap in observation, not a slow reporter.
+                    let cadence = if row.heartbeat.is_some() { Duration::ZERO } else { step.min(MAX_REPORT_CADENCE) };
+                    *seen = RowSeen { secs: row.last_update_secs, since: now, watched_change, last_seen: now, cadence };
                 }
                 None => {
                     let row_seen = RowSeen {
@@ -449,6 +453,10 @@ pub(crate) struct Leader {
     lock_seen_changing: bool,
     /// When this worker last read the worker rows as a standby.
     last_standby_scan: Option<Instant>,
+    /// Whether the last look found a stamp on this worker's row.
+    had_stamp: bool,
+    /// When this worker stopped being a standby.
+    demoted_at: Option<Instant>,
 }
 
 impl Leader {
@@ -476,6 +484,8 @@ impl Leader {
             stale_stamp: None,
             lock_seen_changing: false,
             last_standby_scan: None,
+            had_stamp: false,
+            demoted_at: None,
         }
     }
 
@@ -578,6 +588,15 @@ impl Leader {
         let stamp = self.ctx.signals.borrow().standby.clone();
         let stamp = stamp.filter(|s| self.stale_stamp.as_deref() != Some(s.record_version.as_str()));
         let Some(stamp) = stamp else {
+            if std::mem::take(&mut self.had_stamp) {
+                self.demoted_at = Some(now);
+            }
+            // A standby that just lost its stamp (the leader stamps another, or this worker's
+            // heartbeat faltered) watches the lock as in per-lease mode for a while: the leader
+            // may die before it stamps this worker again.
+            if self.demoted_at.is_some_and(|at| now < at + DEMOTED_WATCH) {
+                return self.follow().await;
+            }
             let due = match &self.watched {
                 Some((_, since, duration)) if !self.lock_seen_changing => (*since + *duration).max(now),
                 Some((_, since, _)) => *since + slow,
@@ -597,6 +616,7 @@ impl Leader {
             }
             return due;
         };
+        self.had_stamp = true;
         let since = match &self.stamp_seen {
             Some((version, since)) if *version == stamp.record_version => *since,
             _ => {
@@ -872,7 +892,7 @@ impl Leader {
             events.pass = true;
             balance = true;
         }
-        if self.pass_owed || self.needs_counter_watch(now) {
+        if self.pass_owed || self.needs_counter_watch(now) || self.next_abandonment().is_some_and(|at| now >= at) {
             events.pass = true;
         }
         if events.pass {
@@ -906,7 +926,15 @@ impl Leader {
             .collect();
         for (worker, (incarnation, changes)) in &marks {
             match self.row_marks.get(worker) {
-                Some((seen_incarnation, _)) if seen_incarnation != incarnation => events.balance = true,
+                Some((seen_incarnation, _)) if seen_incarnation != incarnation => {
+                    events.balance = true;
+                    // The worker's process was replaced: a graceful handoff its old process was
+                    // to finish never will be; it is taken as expired at its current counter.
+                    for lease in self.leases.iter().filter(|l| l.is_in_handoff() && l.holder() == Some(worker)) {
+                        tracing::info!(lease = %lease.lease_key, %worker, "a restarted worker's handoff is taken over");
+                        self.expiry.expire_fenced(lease);
+                    }
+                }
                 Some((_, seen_changes)) if seen_changes != changes => events.pass = true,
                 Some(_) => {}
                 None => events.balance = true,
@@ -989,6 +1017,15 @@ impl Leader {
         self.leases.iter().any(|l| !l.is_finished() && self.judged_by_counter(l))
     }
 
+    /// The earliest instant a handoff in the last pass's leases counts as abandoned.
+    fn next_abandonment(&self) -> Option<Instant> {
+        self.leases
+            .iter()
+            .filter(|l| l.holder().is_some_and(|h| self.liveness.has_heartbeat(h)))
+            .filter_map(|l| self.abandoned_at(l))
+            .min()
+    }
+
     fn next_counter_expiry(&self, now: Instant) -> Option<Instant> {
         self.expiry
             .next_expiry(&self.leases, now, |l| self.judged_by_counter(l))
@@ -996,18 +1033,34 @@ impl Leader {
     }
 
     /// Whether `lease` is expired: its holder fenced itself (a replaced leader); a heartbeat
-    /// holder was confirmed dead; any other holder left its counter unchanged for a lease
-    /// duration.
+    /// holder was confirmed dead, or left a graceful handoff unfinished for longer than a
+    /// handoff may take (see [`abandoned_at`](Self::abandoned_at)); any other holder left its
+    /// counter unchanged for a lease duration.
     fn is_expired(&self, lease: &Lease, now: Instant) -> bool {
         if lease.lease_owner.is_none() {
             return false;
         }
         match lease.holder() {
             Some(holder) if self.liveness.has_heartbeat(holder) => {
-                self.expiry.is_fenced(lease) || self.liveness.is_confirmed_dead(holder)
+                self.expiry.is_fenced(lease)
+                    || self.liveness.is_confirmed_dead(holder)
+                    || self.abandoned_at(lease).is_some_and(|at| now >= at)
             }
             _ => self.expiry.is_expired(lease, now),
         }
+    }
+
+    /// Heartbeat mode: when a graceful handoff held by a heartbeat worker counts as abandoned —
+    /// its counter unchanged for `graceful_handoff_timeout` (by then the holder transfers the
+    /// lease whatever its processor does) plus a lease duration. Nothing renews a lease in
+    /// heartbeat mode, so a handoff whose holder does not hold the lease any more (its process
+    /// lost it, or never took it up) would otherwise wait for ever.
+    fn abandoned_at(&self, lease: &Lease) -> Option<Instant> {
+        if !lease.is_in_handoff() {
+            return None;
+        }
+        let grace = self.ctx.config.graceful_handoff_timeout + self.ctx.config.lease_duration;
+        self.expiry.unchanged_since(lease).map(|since| since + grace)
     }
 
     /// One assignment pass (reading the leases, and the rows unless given); returns when the
@@ -1063,6 +1116,12 @@ impl Leader {
             .filter(|r| r.worker_id == me || self.liveness.is_alive(&r.worker_id, now))
             .map(|r| WorkerInfo { worker_id: r.worker_id.clone(), cpu: cpu_of(r), max_cpu: max_cpu_of(r) })
             .collect();
+        if !self.heartbeat_mode() {
+            // Per-lease mode has no row reads of its own: the standbys are stamped from these.
+            let mut eligible: Vec<String> = workers.iter().map(|w| w.worker_id.clone()).collect();
+            eligible.sort();
+            self.eligible = eligible;
+        }
         let open: Vec<&Lease> = leases.iter().filter(|l| !l.is_finished()).collect();
         let infos: Vec<LeaseInfo> = open
             .iter()
@@ -1136,6 +1195,12 @@ impl Leader {
                 Err(e) => {
                     tracing::info!(?action, error = %e, "assignment not written");
                     self.pass_owed = true;
+                    if e.is_retryable() {
+                        // The write may have landed (its reply was lost): tell both workers to
+                        // look, or a recipient of a landed write would never hear of it.
+                        touched.insert(action.to().to_owned());
+                        touched.extend(previous);
+                    }
                 }
             }
         }
@@ -1175,8 +1240,9 @@ impl Leader {
         for worker in touched.into_iter().filter(|w| self.liveness.has_heartbeat(w)) {
             let owned = leases.iter().filter(|l| !l.is_finished() && l.is_owned_by(&worker)).count() as u64;
             let signal = WorkerSignal::Assignments { assigned_leases: owned };
-            if let Err(e) = store.signal_worker(&worker, &signal).await {
-                tracing::debug!(%worker, error = %e, "signalling an assignment failed");
+            match store.signal_worker(&worker, &signal).await {
+                Ok(()) => tracing::debug!(%worker, owned, "signalled an assignment"),
+                Err(e) => tracing::debug!(%worker, error = %e, "signalling an assignment failed"),
             }
         }
     }
@@ -1281,5 +1347,37 @@ mod tests {
         assert_eq!(t.observe_all(&[lease("a", Some("w1"), 2)], now), HashSet::from(["w1".to_owned()]));
         // The counter moved with the owner: an assignment, not the holder's own write.
         assert!(t.observe_all(&[lease("a", Some("w2"), 3)], now).is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_gap_in_watching_a_heartbeat_row_is_not_a_slow_reporter() {
+        // A standby watches the rows only while the lock looks stale: between two such periods a
+        // heartbeat row's timestamp jumps by the gap, which must not read as a 35 s report
+        // interval (that kept a dead worker eligible for over a minute after a takeover).
+        let row = |secs| WorkerMetrics {
+            heartbeat: Some(crate::store::WorkerHeartbeat {
+                incarnation: "i".into(),
+                beat: secs,
+                lease_changes: 0,
+                held_leases: 1,
+                throughput_kbps: 0.0,
+            }),
+            ..WorkerMetrics::new("w0", secs)
+        };
+        let mut l = WorkerLiveness::new(Duration::from_secs(6));
+        l.trust_first_sightings(false);
+        l.observe_all(&[row(100)], Instant::now());
+        tokio::time::advance(Duration::from_secs(35)).await;
+        l.observe_all(&[row(135)], Instant::now());
+        tokio::time::advance(Duration::from_secs(35)).await;
+        // The worker died right after its heartbeat at 170 s; the standby sees that value now.
+        l.observe_all(&[row(170)], Instant::now());
+        assert!(!l.is_alive("w0", Instant::now()), "not seen changing while watched");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        l.observe_all(&[row(172)], Instant::now());
+        assert!(l.is_alive("w0", Instant::now()), "a change watched two seconds apart");
+        tokio::time::advance(Duration::from_secs(6)).await;
+        l.observe_all(&[row(172)], Instant::now());
+        assert!(!l.is_alive("w0", Instant::now()), "unchanged for three heartbeats");
     }
 }

@@ -52,6 +52,7 @@ pub(crate) async fn discover(ctx: &Arc<WorkerContext>) {
     let heartbeat_mode = ctx.config.heartbeat().is_some();
     // Heartbeat mode: no lease is held without a current heartbeat.
     if heartbeat_mode && !ctx.fencing.heartbeat_is_current() {
+        tracing::debug!("no current heartbeat; discovery waits for one");
         return;
     }
     let keys = match ctx.lease_store.list_lease_keys_owned_by(&ctx.worker_id).await {
@@ -62,6 +63,7 @@ pub(crate) async fn discover(ctx: &Arc<WorkerContext>) {
             return;
         }
     };
+    tracing::debug!(owned = keys.len(), held = ctx.registry.len(), "discovery pass");
     if heartbeat_mode {
         check_unlisted(ctx, &keys).await;
         if (keys.len() as u64) < ctx.signals.borrow().assigned_leases {
@@ -77,6 +79,7 @@ pub(crate) async fn discover(ctx: &Arc<WorkerContext>) {
             Ok(None) => continue,
             Err(e) => {
                 tracing::warn!(lease = %key, error = %e, "reading a discovered lease failed");
+                ctx.discovery_incomplete.store(heartbeat_mode, Ordering::Relaxed);
                 continue;
             }
         };
@@ -98,6 +101,13 @@ pub(crate) async fn discover(ctx: &Arc<WorkerContext>) {
         let held = Arc::new(ctx.hold(lease, shard_id));
         match held.renew(&*ctx.lease_store).await {
             RenewOutcome::Renewed => {}
+            RenewOutcome::Failed(e) => {
+                // Heartbeat mode: nothing else brings discovery back to it soon; try again with
+                // the next heartbeat.
+                tracing::debug!(lease = %key, error = %e, "taking up a discovered lease failed");
+                ctx.discovery_incomplete.store(heartbeat_mode, Ordering::Relaxed);
+                continue;
+            }
             outcome => {
                 tracing::debug!(lease = %key, ?outcome, "discovered lease not taken up");
                 continue;

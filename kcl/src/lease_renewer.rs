@@ -172,6 +172,12 @@ pub(crate) struct Fencing {
     /// landed (`None` before the first one, and after the heartbeat fence fired).
     heartbeat: watch::Sender<Option<Instant>>,
     quarantined: Mutex<HashMap<String, Quarantine>>,
+    /// Whether the leader fence quarantines the leases it ends (per-lease mode). In heartbeat
+    /// mode it does not: nothing renews a lease there, so a quarantined lease the new leader
+    /// finds owned by a live worker would never move; the worker takes it up again with a write
+    /// that bumps the counter, which cannot race the new leader's reassignment (conditional on
+    /// the counter it read) into a lease held twice.
+    quarantine_at_fence: bool,
 }
 
 /// A lease this worker dropped at its fence, and how to tell whether anyone else wrote it since.
@@ -186,15 +192,21 @@ struct Quarantine {
 
 impl Default for Fencing {
     fn default() -> Self {
-        Fencing {
-            deadline: watch::Sender::new(None),
-            heartbeat: watch::Sender::new(None),
-            quarantined: Mutex::new(HashMap::new()),
-        }
+        Fencing::new(true)
     }
 }
 
 impl Fencing {
+    /// A fence without deadlines; `quarantine_at_fence` as the field says.
+    pub fn new(quarantine_at_fence: bool) -> Self {
+        Fencing {
+            deadline: watch::Sender::new(None),
+            heartbeat: watch::Sender::new(None),
+            quarantined: Mutex::new(HashMap::new()),
+            quarantine_at_fence,
+        }
+    }
+
     /// Sets (or clears) the fence deadline.
     pub fn set_deadline(&self, deadline: Option<Instant>) {
         self.deadline.send_replace(deadline);
@@ -246,8 +258,11 @@ impl Fencing {
         self.set_deadline(None);
     }
 
-    /// Keeps discovery off `lease` until someone else writes it.
+    /// Keeps discovery off `lease` until someone else writes it (per-lease mode).
     fn quarantine(&self, lease: &HeldLease) {
+        if !self.quarantine_at_fence {
+            return;
+        }
         let (tokens, counter) = {
             let status = lock(&lease.status);
             (status.tokens.clone(), status.counter)

@@ -2,7 +2,8 @@
 //!
 //! Workers on many hosts share the shards of a stream through three stores (leases, the leader
 //! lock, worker metrics); one elected leader assigns leases by load and moves them with graceful
-//! handoffs; each worker renews its leases, runs one task per held shard and checkpoints through
+//! handoffs; each worker proves it holds its leases (one heartbeat row per worker by default, or a
+//! renewal per lease beside Java KCL workers), runs one task per held shard and checkpoints through
 //! conditional writes, so a worker that lost a lease can neither process nor checkpoint it.
 //!
 //! * [`scheduler`] — [`Scheduler`], its builder and [`SchedulerHandle`] (state, shutdown, kill).

@@ -1,4 +1,5 @@
-//! The [`Scheduler`]: one per worker. It reports the worker's metrics, renews its leases,
+//! The [`Scheduler`]: one per worker. It heartbeats (or, in per-lease mode, renews its leases and
+//! reports its metrics),
 //! discovers the leases the leader gives it, runs one task per held shard, and — when elected —
 //! leads: shard sync, assignment passes, lease cleanup.
 //!
@@ -38,6 +39,7 @@
 //! ```
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use kinesis_core::{Kinesis, StreamRef};
 use tokio::sync::watch;
@@ -69,7 +71,7 @@ use crate::{lease_discovery, worker_metrics};
 /// | [`worker_id`](Self::worker_id) | no | `worker-` + 16 random hex digits |
 /// | [`initial_position`](Self::initial_position) | no | [`InitialPosition::Latest`] |
 /// | [`retrieval`](Self::retrieval) | no | [`RetrievalMode::Polling`] |
-/// | [`config`](Self::config) | no | [`SchedulerConfig::default`]: lease 10 s, renewal 3.3 s, leader lock 8 s (heartbeat 2 s), assignment every 2.5 s, worker metrics every 2 s |
+/// | [`config`](Self::config) | no | [`SchedulerConfig::default`]: worker heartbeats every 2 s, lease 10 s, leader lock 8 s (heartbeat 2 s), rows read every 2.5 s; per-lease mode: renewal 3.3 s, assignment every 2.5 s, worker metrics every 2 s |
 ///
 /// The stores are required on purpose: workers share shards only through shared stores, so a
 /// silent in-memory default would let every worker of a fleet process every shard.
@@ -168,6 +170,24 @@ impl SchedulerBuilder {
         if config.lease_duration.is_zero() || config.renewal_interval() >= config.lease_duration {
             return Err(KclError::Config("the renewal interval must be shorter than the lease duration".into()));
         }
+        if let Some(heartbeat) = config.heartbeat() {
+            let interval = config.heartbeat_interval().unwrap_or_default();
+            if interval.is_zero() || interval >= config.lease_duration / 2 {
+                return Err(KclError::Config(
+                    "the heartbeat interval must be positive and shorter than half the lease duration".into(),
+                ));
+            }
+            let intervals = [
+                heartbeat.full_scan_interval,
+                heartbeat.discovery_interval,
+                heartbeat.balance_interval,
+                heartbeat.lease_stats_interval,
+                heartbeat.leader_check_interval,
+            ];
+            if intervals.iter().any(Duration::is_zero) {
+                return Err(KclError::Config("timer intervals must be positive".into()));
+            }
+        }
         if config.store_call_timeout().is_zero() || config.store_call_timeout() >= config.lease_duration / 3 {
             return Err(KclError::Config(
                 "the store call timeout must be positive and shorter than a third of the lease duration".into(),
@@ -201,6 +221,7 @@ impl SchedulerBuilder {
         let lease_store: Arc<dyn LeaseStore> = Arc::new(WithTimeout::new(lease_store, timeout));
         let coordinator_store: Arc<dyn CoordinatorStore> = Arc::new(WithTimeout::new(coordinator_store, timeout));
         let metrics_store: Arc<dyn WorkerMetricsStore> = Arc::new(WithTimeout::new(metrics_store, timeout));
+        let quarantine_at_fence = config.heartbeat().is_none();
         let ctx = WorkerContext {
             metrics: WorkerMetricHandles::new(&worker_id),
             worker_id,
@@ -217,7 +238,7 @@ impl SchedulerBuilder {
             registry: Arc::new(LeaseRegistry::default()),
             state,
             stop_renewer: abort.child_token(),
-            fencing: Arc::new(Fencing::default()),
+            fencing: Arc::new(Fencing::new(quarantine_at_fence)),
             max_record_bytes: tokio::sync::OnceCell::new(),
             abort,
             shutdown: CancellationToken::new(),
@@ -373,5 +394,51 @@ impl SchedulerHandle {
     /// Whether every task of the worker has ended.
     pub fn is_finished(&self) -> bool {
         self.ctx.tracker.is_closed() && self.ctx.tracker.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use kinesis_core::MemoryBroker;
+
+    use super::*;
+    use crate::config::{HeartbeatConfig, LeaseMode};
+    use crate::processor::{ProcessRecordsInput, ShardEndedInput, ShardRecordProcessor};
+
+    struct Nothing;
+
+    #[async_trait::async_trait]
+    impl ShardRecordProcessor for Nothing {
+        async fn process_records(&mut self, _input: ProcessRecordsInput<'_>) -> Result<(), crate::ProcessorError> {
+            Ok(())
+        }
+        async fn shard_ended(&mut self, _input: ShardEndedInput<'_>) -> Result<(), crate::ProcessorError> {
+            Ok(())
+        }
+    }
+
+    fn build(config: SchedulerConfig) -> Result<Scheduler, KclError> {
+        Scheduler::builder("app", "stream", Arc::new(MemoryBroker::new()))
+            .memory_stores()
+            .processor_factory(|_: &kinesis_core::ShardId| Nothing)
+            .config(config)
+            .build()
+    }
+
+    #[test]
+    fn heartbeat_timers_that_cannot_keep_a_lease_are_refused() {
+        assert!(build(SchedulerConfig::default()).is_ok(), "the defaults");
+        assert!(build(SchedulerConfig::default().per_lease()).is_ok());
+        let slow = HeartbeatConfig { heartbeat_interval: Some(Duration::from_secs(5)), ..HeartbeatConfig::default() };
+        let refused = build(SchedulerConfig::default().with_lease_mode(LeaseMode::WorkerHeartbeat(slow)));
+        assert!(
+            matches!(refused, Err(KclError::Config(ref why)) if why.contains("heartbeat interval")),
+            "half the lease"
+        );
+        let zero = HeartbeatConfig { full_scan_interval: Duration::ZERO, ..HeartbeatConfig::default() };
+        let refused = build(SchedulerConfig::default().with_lease_mode(LeaseMode::WorkerHeartbeat(zero)));
+        assert!(matches!(refused, Err(KclError::Config(_))), "a zero safety net");
     }
 }

@@ -280,6 +280,7 @@ async fn heartbeat(ctx: Arc<WorkerContext>, period: Duration) {
             ..WorkerMetrics::new(&*ctx.worker_id, secs)
         };
         let sent_at = Instant::now();
+        tracing::trace!(beat, "heartbeat");
         match ctx.metrics_store.heartbeat_worker(&row, replaces.as_deref()).await {
             Ok(current) => {
                 ctx.metrics.heartbeat_success.increment(1);
@@ -289,6 +290,13 @@ async fn heartbeat(ctx: Arc<WorkerContext>, period: Duration) {
                 ctx.fencing.set_heartbeat_deadline(Some(sent_at + ctx.config.lease_duration));
                 let version = current.signals.assignment_version;
                 let changed = assignment_version.replace(version) != Some(version);
+                if changed {
+                    tracing::debug!(
+                        version,
+                        assigned = current.signals.assigned_leases,
+                        "the leader changed this worker's assignments"
+                    );
+                }
                 ctx.signals.send_if_modified(|signals| {
                     let modified = *signals != current.signals;
                     *signals = current.signals;

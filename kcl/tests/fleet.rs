@@ -374,6 +374,63 @@ async fn an_idle_fleet_keeps_its_leases_after_a_large_burst() {
     idle_fleet_keeps_its_leases_after_a_burst(40, 2_000).await;
 }
 
+/// A fleet mixing the two lease modes (a rolling switch between them): per-lease workers renew,
+/// heartbeat workers do not, and the leader — of either kind — judges each lease by its holder's
+/// kind. Nothing fights over leases while the fleet is calm, a dead worker of either kind has
+/// its shards processed again within two lease durations, and a dead leader is replaced.
+#[tokio::test(start_paused = true)]
+async fn a_fleet_mixing_both_lease_modes_shares_shards_without_fights() {
+    let mut fleet = Fleet::new(8).await;
+    let per_lease = support::default_config().per_lease();
+    let heartbeat = support::default_config().worker_heartbeats();
+    for (worker, config) in [("w1", &per_lease), ("w2", &heartbeat), ("w3", &per_lease), ("w4", &heartbeat)] {
+        fleet.worker_configs.insert(worker.to_owned(), config.clone());
+        fleet.start(worker);
+    }
+    fleet
+        .wait_for(Duration::from_secs(60), "8 shards spread 2 per worker", |f| {
+            let p = f.processing();
+            p.values().map(Vec::len).sum::<usize>() == 8 && p.values().all(|s| s.len() == 2)
+        })
+        .await;
+    // Calm (an idle stream): the assignment stays as it is — a leader taking a heartbeat worker's
+    // unrenewed leases for expired, or the reverse, would move them.
+    let settled = fleet.processing();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(fleet.processing(), settled, "leases moved in a calm mixed fleet");
+    let producer = Producer::start(fleet.kinesis.clone(), fleet.stream.clone(), 16, Duration::from_millis(200));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let lease_duration = fleet.config.lease_duration;
+    let leader = fleet.leader().expect("a leader");
+    for victim in ["w1", "w2", "w3", "w4"].into_iter().filter(|w| *w != leader).take(2) {
+        let shards = fleet.processing()[victim].clone();
+        let killed_at = tokio::time::Instant::now();
+        fleet.kill(victim).await;
+        let took = fleet
+            .wait_for(Duration::from_secs(40), "the victim's shards processed elsewhere", |f| {
+                let deliveries = f.recorder.deliveries();
+                shards
+                    .iter()
+                    .all(|s| deliveries.iter().any(|d| &d.shard == s && d.worker != victim && d.at > killed_at))
+            })
+            .await;
+        eprintln!("{victim} failover: {took:?}");
+        assert!(took <= lease_duration * 2, "{victim}'s failover took {took:?}");
+    }
+    let killed_at = tokio::time::Instant::now();
+    fleet.kill(&leader).await;
+    fleet
+        .wait_for(Duration::from_secs(40), "the last worker holds every shard", |f| {
+            f.processing().values().map(Vec::len).sum::<usize>() == 8 && f.leader().is_some_and(|l| l != leader)
+        })
+        .await;
+    eprintln!("leader failover: {:?}", killed_at.elapsed());
+    let sent = producer.stop().await;
+    drain(&fleet, &sent).await;
+    check_order(&fleet.recorder.deliveries(), &sent);
+    fleet.shutdown_all().await;
+}
+
 in_both_lease_modes!(
     three_workers_share_eight_shards_evenly,
     killed_worker_shards_move_within_two_lease_durations,

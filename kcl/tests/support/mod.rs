@@ -248,6 +248,8 @@ pub struct Fleet {
     pub mode: RetrievalMode,
     pub initial_position: InitialPosition,
     pub workers: BTreeMap<String, SchedulerHandle>,
+    /// Per worker, a configuration other than `config` (a fleet mixing lease modes).
+    pub worker_configs: BTreeMap<String, SchedulerConfig>,
     /// Per worker, the store faults between it and the shared stores (no rules: none).
     pub store_faults: Mutex<BTreeMap<String, Arc<StoreFaults>>>,
 }
@@ -320,6 +322,7 @@ impl Fleet {
             mode: RetrievalMode::Polling,
             initial_position: InitialPosition::TrimHorizon,
             workers: BTreeMap::new(),
+            worker_configs: BTreeMap::new(),
             store_faults: Mutex::new(BTreeMap::new()),
         }
     }
@@ -341,7 +344,7 @@ impl Fleet {
             .lease_store(Arc::new(WithFaults::new(self.leases.clone(), self.faults(worker))))
             .coordinator_store(Arc::new(WithFaults::new(self.coordinator.clone(), self.faults(worker))))
             .worker_metrics_store(Arc::new(WithFaults::new(self.metrics.clone(), self.faults(worker))))
-            .config(self.config.clone())
+            .config(self.worker_configs.get(worker).unwrap_or(&self.config).clone())
             .processor_factory(move |shard: &ShardId| RecordingProcessor {
                 worker: id.clone(),
                 shard: shard.to_string(),
