@@ -330,9 +330,11 @@ pub struct SchedulerConfig {
     /// How long a lease lives without its counter changing, judged on each observer's own clock
     /// (the Java KCL's `failoverTimeMillis`). Default 10 s.
     pub lease_duration: Duration,
-    /// Renewal period of held leases. Default `lease_duration / 3`.
+    /// Renewal period of held leases (per-lease mode). Default `lease_duration / 3`.
     pub lease_renewal_interval: Option<Duration>,
-    /// How often a worker asks the lease table which leases the leader gave it. Default 2 s.
+    /// How often a worker asks the lease table which leases the leader gave it (per-lease mode;
+    /// heartbeat mode asks when its row says so, see [`HeartbeatConfig::discovery_interval`]).
+    /// Default 2 s.
     pub lease_discovery_interval: Duration,
     /// The longest any call to a store may take before the worker abandons it (and, for a
     /// renewal, counts it as failed). Default `lease_duration / 4`; must be shorter than
@@ -343,13 +345,16 @@ pub struct SchedulerConfig {
     pub leader_lock_duration: Duration,
     /// The leader's heartbeat period. Default 2 s.
     pub leader_heartbeat_interval: Duration,
-    /// How often a non-leader reads the lock. Default 2 s.
+    /// How often a non-leader reads the lock (per-lease mode, and a heartbeat-mode worker for a
+    /// minute after it stopped being a standby; see [`HeartbeatConfig::leader_check_interval`]).
+    /// Default 2 s.
     pub leader_check_interval: Duration,
     /// The leader's assignment period. Default `lease_duration / 4`.
     pub lease_assignment_interval: Option<Duration>,
     /// Balancing settings.
     pub assignment: AssignmentConfig,
-    /// How often each worker writes its metrics row. Default 2 s.
+    /// How often each worker writes its metrics row (per-lease mode; in heartbeat mode the row is
+    /// written with every heartbeat). Default 2 s.
     pub worker_metrics_interval: Duration,
     /// CPU source for the metrics row. Default [`CpuMetrics::Auto`].
     pub cpu_metrics: CpuMetrics,

@@ -125,6 +125,9 @@ pub(crate) struct WorkerContext {
     /// Set by discovery when its pass found fewer leases than the leader says it assigned (the
     /// owner index lags) or a lease still in handoff: the next heartbeat asks for another pass.
     pub discovery_incomplete: AtomicBool,
+    /// How many passes since the last assignment change found fewer leases than the leader
+    /// says it assigned (bounded: a count can also be short because a lease finished since).
+    pub shortfall_retries: std::sync::atomic::AtomicU32,
     /// Counts this worker's changes to the lease set the leader must act on (leases released or
     /// finished, child leases created); reported on the heartbeat row.
     pub lease_changes: AtomicU64,

@@ -25,7 +25,9 @@
 //! expired at its first pass instead of watching their counters for a lease duration. With the
 //! defaults a crashed leader's shards move ≤ 10 s after its last heartbeat, plus the new owner's
 //! discovery (≤ 2 s). A lock written by a client that does not fence (the Java KCL's) gets no
-//! such treatment: its holder's leases expire by their counters.
+//! such treatment: its holder's leases expire by their counters. In heartbeat mode a quarantine
+//! ends after two lock durations even if nobody wrote the lease (nothing renews it, so nobody
+//! else might): the worker then takes it up again with a write that bumps the counter.
 //!
 //! # Expiry (the leader's local view)
 //!
@@ -97,6 +99,8 @@ use crate::worker_metrics::{cpu_of, max_cpu_of};
 
 /// How many workers the leader stamps as standbys (heartbeat mode).
 const STANDBYS: usize = 2;
+/// The longest lock lease duration a stamp is believed to carry.
+const MAX_STAMPED_LOCK_DURATION: Duration = Duration::from_secs(600);
 /// How long a former standby reads the lock every check interval after losing its stamp.
 const DEMOTED_WATCH: Duration = Duration::from_secs(60);
 
@@ -117,6 +121,8 @@ struct Seen {
     counter: u64,
     since: Instant,
     holder: Option<String>,
+    /// The owner then: a graceful handoff changes it without bumping the counter.
+    owner: Option<String>,
 }
 
 impl ExpiryTracker {
@@ -141,15 +147,23 @@ impl ExpiryTracker {
         if self.fenced.get(&lease.lease_key).is_some_and(|c| *c != lease.lease_counter) {
             self.fenced.remove(&lease.lease_key);
         }
+        let owner = lease.lease_owner.clone();
         match self.seen.get_mut(&lease.lease_key) {
-            Some(seen) if seen.counter == lease.lease_counter => None,
+            Some(seen) if seen.counter == lease.lease_counter && seen.owner == owner && seen.holder == holder => None,
+            Some(seen) if seen.counter == lease.lease_counter => {
+                // A handoff started (or ended) without a write of the counter: its clock starts
+                // now, so a handoff is never judged by the time the lease sat before it.
+                *seen = Seen { counter: lease.lease_counter, since: now, holder, owner };
+                None
+            }
             Some(seen) => {
                 let renewed_by = (seen.holder.is_some() && seen.holder == holder).then(|| holder.clone()).flatten();
-                *seen = Seen { counter: lease.lease_counter, since: now, holder };
+                *seen = Seen { counter: lease.lease_counter, since: now, holder, owner };
                 renewed_by
             }
             None => {
-                self.seen.insert(lease.lease_key.clone(), Seen { counter: lease.lease_counter, since: now, holder });
+                let seen = Seen { counter: lease.lease_counter, since: now, holder, owner };
+                self.seen.insert(lease.lease_key.clone(), seen);
                 None
             }
         }
@@ -443,6 +457,8 @@ pub(crate) struct Leader {
     pass_owed: bool,
     /// The workers stamped as standbys.
     standbys: Vec<String>,
+    /// Workers whose assignment signal failed: signalled again at the next row read.
+    unsignalled: HashSet<String>,
     /// Heartbeat-mode follower: the stamp last seen on this worker's row and when it was first
     /// seen.
     stamp_seen: Option<(String, Instant)>,
@@ -480,6 +496,7 @@ impl Leader {
             eligible: Vec::new(),
             pass_owed: false,
             standbys: Vec::new(),
+            unsignalled: HashSet::new(),
             stamp_seen: None,
             stale_stamp: None,
             lock_seen_changing: false,
@@ -586,7 +603,11 @@ impl Leader {
     async fn follow_in_heartbeat_mode(&mut self, slow: Duration) -> Instant {
         let now = Instant::now();
         let stamp = self.ctx.signals.borrow().standby.clone();
-        let stamp = stamp.filter(|s| self.stale_stamp.as_deref() != Some(s.record_version.as_str()));
+        let stamp = stamp.filter(|s| self.stale_stamp.as_deref() != Some(s.record_version.as_str())).map(|mut s| {
+            // Read from a row: bounded, so no instant arithmetic can overflow.
+            s.lease_duration = s.lease_duration.min(MAX_STAMPED_LOCK_DURATION);
+            s
+        });
         let Some(stamp) = stamp else {
             if std::mem::take(&mut self.had_stamp) {
                 self.demoted_at = Some(now);
@@ -611,7 +632,9 @@ impl Leader {
                 }
                 return match &self.watched {
                     Some((_, since, duration)) if !self.lock_seen_changing => (*since + *duration).max(now),
-                    _ => Instant::now() + slow,
+                    Some(_) => Instant::now() + slow,
+                    // The read or the acquisition failed: try again soon, not after the long interval.
+                    None => Instant::now() + self.ctx.config.leader_check_interval,
                 };
             }
             return due;
@@ -900,6 +923,9 @@ impl Leader {
                 held.next_full_scan = now + self.ctx.config.heartbeat().map_or(interval, |h| h.full_scan_interval);
             }
             self.assignment_pass(Some(rows), balance).await;
+        } else if !self.unsignalled.is_empty() {
+            let leases = self.leases.clone();
+            self.signal_assignments(&leases, HashSet::new()).await;
         }
         // The next read: the regular period, or exactly when a heartbeat row or a lease judged by
         // its counter would expire.
@@ -1235,14 +1261,19 @@ impl Leader {
     /// Tells every heartbeat worker whose leases this pass changed (recipients and previous
     /// holders) to look at the lease table: one write per worker, with the number of leases it
     /// now owns.
-    async fn signal_assignments(&self, leases: &[Lease], touched: HashSet<String>) {
-        let store = &self.ctx.metrics_store;
+    /// A signal that fails is sent again at the next row read ([`Self::scan_rows`]).
+    async fn signal_assignments(&mut self, leases: &[Lease], mut touched: HashSet<String>) {
+        let store = self.ctx.metrics_store.clone();
+        touched.extend(std::mem::take(&mut self.unsignalled));
         for worker in touched.into_iter().filter(|w| self.liveness.has_heartbeat(w)) {
             let owned = leases.iter().filter(|l| !l.is_finished() && l.is_owned_by(&worker)).count() as u64;
             let signal = WorkerSignal::Assignments { assigned_leases: owned };
             match store.signal_worker(&worker, &signal).await {
                 Ok(()) => tracing::debug!(%worker, owned, "signalled an assignment"),
-                Err(e) => tracing::debug!(%worker, error = %e, "signalling an assignment failed"),
+                Err(e) => {
+                    tracing::debug!(%worker, error = %e, "signalling an assignment failed; again at the next row read");
+                    self.unsignalled.insert(worker);
+                }
             }
         }
     }

@@ -26,6 +26,10 @@ use crate::context::WorkerContext;
 use crate::lease_renewer::RenewOutcome;
 use crate::shard_consumer;
 
+/// Passes after one assignment change that may retry because the index listed fewer leases than
+/// the leader assigned.
+const MAX_SHORTFALL_RETRIES: u32 = 5;
+
 /// Discovers leases until shutdown or abort.
 pub(crate) async fn run(ctx: Arc<WorkerContext>) {
     let interval = ctx.config.heartbeat().map_or(ctx.config.lease_discovery_interval, |h| h.discovery_interval);
@@ -66,7 +70,8 @@ pub(crate) async fn discover(ctx: &Arc<WorkerContext>) {
     tracing::debug!(owned = keys.len(), held = ctx.registry.len(), "discovery pass");
     if heartbeat_mode {
         check_unlisted(ctx, &keys).await;
-        if (keys.len() as u64) < ctx.signals.borrow().assigned_leases {
+        let short = (keys.len() as u64) < ctx.signals.borrow().assigned_leases;
+        if short && ctx.shortfall_retries.fetch_add(1, Ordering::Relaxed) < MAX_SHORTFALL_RETRIES {
             ctx.discovery_incomplete.store(true, Ordering::Relaxed);
         }
     }

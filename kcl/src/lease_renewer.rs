@@ -172,12 +172,13 @@ pub(crate) struct Fencing {
     /// landed (`None` before the first one, and after the heartbeat fence fired).
     heartbeat: watch::Sender<Option<Instant>>,
     quarantined: Mutex<HashMap<String, Quarantine>>,
-    /// Whether the leader fence quarantines the leases it ends (per-lease mode). In heartbeat
-    /// mode it does not: nothing renews a lease there, so a quarantined lease the new leader
-    /// finds owned by a live worker would never move; the worker takes it up again with a write
-    /// that bumps the counter, which cannot race the new leader's reassignment (conditional on
-    /// the counter it read) into a lease held twice.
-    quarantine_at_fence: bool,
+    /// How long a lease quarantined by the leader fence stays so when nobody writes it: for
+    /// ever in per-lease mode (its counter then goes stale and the leader reassigns it); in
+    /// heartbeat mode, where nothing renews a lease, a bounded time — long enough for the new
+    /// leader, which took the lock at least a lock duration after this worker's last heartbeat
+    /// of it, to have made its first pass — after which the worker takes the lease up again
+    /// with a write that bumps the counter.
+    quarantine_limit: Option<Duration>,
 }
 
 /// A lease this worker dropped at its fence, and how to tell whether anyone else wrote it since.
@@ -188,22 +189,24 @@ struct Quarantine {
     /// For an item without a token (written by the Java KCL): the highest counter this worker's
     /// own writes may have left (one write may still be in flight).
     counter_limit: u64,
+    /// When the fence quarantined it.
+    since: Instant,
 }
 
 impl Default for Fencing {
     fn default() -> Self {
-        Fencing::new(true)
+        Fencing::new(None)
     }
 }
 
 impl Fencing {
-    /// A fence without deadlines; `quarantine_at_fence` as the field says.
-    pub fn new(quarantine_at_fence: bool) -> Self {
+    /// A fence without deadlines; `quarantine_limit` as the field says.
+    pub fn new(quarantine_limit: Option<Duration>) -> Self {
         Fencing {
             deadline: watch::Sender::new(None),
             heartbeat: watch::Sender::new(None),
             quarantined: Mutex::new(HashMap::new()),
-            quarantine_at_fence,
+            quarantine_limit,
         }
     }
 
@@ -233,6 +236,15 @@ impl Fencing {
         *self.heartbeat.borrow()
     }
 
+    /// A heartbeat landed after the fence's deadline had passed: the fence fires now if it has
+    /// not yet (so no lease outlives a lapse because the heartbeat's reply came first), then the
+    /// caller sets the new deadline.
+    pub fn lapse_if_passed(&self, registry: &LeaseRegistry) {
+        if self.heartbeat_deadline().is_some_and(|at| Instant::now() >= at) {
+            self.lapse(registry);
+        }
+    }
+
     /// Whether the worker's heartbeat is current: one landed less than a lease duration ago (as
     /// sent). Heartbeat mode only; a worker takes up no lease while it is not.
     pub fn heartbeat_is_current(&self) -> bool {
@@ -260,14 +272,11 @@ impl Fencing {
 
     /// Keeps discovery off `lease` until someone else writes it (per-lease mode).
     fn quarantine(&self, lease: &HeldLease) {
-        if !self.quarantine_at_fence {
-            return;
-        }
         let (tokens, counter) = {
             let status = lock(&lease.status);
             (status.tokens.clone(), status.counter)
         };
-        let quarantine = Quarantine { tokens, counter_limit: counter + 1 };
+        let quarantine = Quarantine { tokens, counter_limit: counter + 1, since: Instant::now() };
         lock(&self.quarantined).insert(lease.key.clone(), quarantine);
     }
 
@@ -278,10 +287,12 @@ impl Fencing {
     pub fn is_quarantined(&self, lease: &Lease, me: &str) -> bool {
         let mut quarantined = lock(&self.quarantined);
         let Some(quarantine) = quarantined.get(&lease.lease_key) else { return false };
-        let untouched = match &lease.last_write {
-            Some(token) => quarantine.tokens.contains(token),
-            None => lease.lease_counter <= quarantine.counter_limit,
-        };
+        let timed_out = self.quarantine_limit.is_some_and(|limit| Instant::now() >= quarantine.since + limit);
+        let untouched = !timed_out
+            && match &lease.last_write {
+                Some(token) => quarantine.tokens.contains(token),
+                None => lease.lease_counter <= quarantine.counter_limit,
+            };
         if lease.is_owned_by(me) && untouched {
             return true;
         }

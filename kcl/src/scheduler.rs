@@ -221,7 +221,9 @@ impl SchedulerBuilder {
         let lease_store: Arc<dyn LeaseStore> = Arc::new(WithTimeout::new(lease_store, timeout));
         let coordinator_store: Arc<dyn CoordinatorStore> = Arc::new(WithTimeout::new(coordinator_store, timeout));
         let metrics_store: Arc<dyn WorkerMetricsStore> = Arc::new(WithTimeout::new(metrics_store, timeout));
-        let quarantine_at_fence = config.heartbeat().is_none();
+        // Heartbeat mode: a fenced lease is taken up again after two lock durations (see
+        // `Fencing`); per-lease mode: only once someone else wrote it.
+        let quarantine_limit = config.heartbeat().map(|_| config.leader_lock_duration * 2);
         let ctx = WorkerContext {
             metrics: WorkerMetricHandles::new(&worker_id),
             worker_id,
@@ -238,7 +240,7 @@ impl SchedulerBuilder {
             registry: Arc::new(LeaseRegistry::default()),
             state,
             stop_renewer: abort.child_token(),
-            fencing: Arc::new(Fencing::new(quarantine_at_fence)),
+            fencing: Arc::new(Fencing::new(quarantine_limit)),
             max_record_bytes: tokio::sync::OnceCell::new(),
             abort,
             shutdown: CancellationToken::new(),
@@ -247,6 +249,7 @@ impl SchedulerBuilder {
             signals: watch::Sender::new(WorkerSignals::default()),
             discovery_wanted: tokio::sync::Notify::new(),
             discovery_incomplete: std::sync::atomic::AtomicBool::new(false),
+            shortfall_retries: std::sync::atomic::AtomicU32::new(0),
             lease_changes: std::sync::atomic::AtomicU64::new(0),
         };
         Ok(Scheduler { ctx: Arc::new(ctx), application_name: self.application_name })

@@ -287,6 +287,7 @@ async fn heartbeat(ctx: Arc<WorkerContext>, period: Duration) {
                 beat += 1;
                 last_written = Some(secs);
                 let recovered = !ctx.fencing.heartbeat_is_current();
+                ctx.fencing.lapse_if_passed(&ctx.registry);
                 ctx.fencing.set_heartbeat_deadline(Some(sent_at + ctx.config.lease_duration));
                 let version = current.signals.assignment_version;
                 let changed = assignment_version.replace(version) != Some(version);
