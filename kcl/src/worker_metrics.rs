@@ -204,13 +204,24 @@ pub(crate) async fn run(ctx: Arc<WorkerContext>) {
     }
 }
 
+/// A ticker that skips missed ticks rather than bursting.
+fn ticker(period: Duration) -> tokio::time::Interval {
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    ticker
+}
+
+/// The row's `last_update_secs`: now, but strictly above the last one written, so the leader
+/// sees every report as a change.
+fn next_secs(ctx: &WorkerContext, last_written: Option<u64>) -> u64 {
+    ctx.wall.now_secs().max(last_written.map_or(0, |s| s + 1))
+}
+
 /// Per-lease mode: a plain report every `worker_metrics_interval`; deleted at shutdown.
 async fn report(ctx: Arc<WorkerContext>) {
     let mut samples = Samples::new(ctx.config.cpu_metrics.clone());
     let mut last_written: Option<u64> = None;
-    let period = ctx.config.worker_metrics_interval.max(Duration::from_secs(1));
-    let mut ticker = tokio::time::interval(period);
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut ticker = ticker(ctx.config.worker_metrics_interval.max(Duration::from_secs(1)));
     loop {
         tokio::select! {
             biased;
@@ -224,8 +235,7 @@ async fn report(ctx: Arc<WorkerContext>) {
             _ = ticker.tick() => {}
         }
         let (metric_stats, operating_range) = samples.next(last_written.is_some());
-        // Strictly increasing, so the leader sees every report as a change.
-        let secs = ctx.wall.now_secs().max(last_written.map_or(0, |s| s + 1));
+        let secs = next_secs(&ctx, last_written);
         let row = WorkerMetrics { metric_stats, operating_range, ..WorkerMetrics::new(&*ctx.worker_id, secs) };
         match ctx.metrics_store.put_worker_metrics(&row).await {
             Ok(()) => last_written = Some(secs),
@@ -247,8 +257,7 @@ async fn heartbeat(ctx: Arc<WorkerContext>, period: Duration) {
     let mut replaces: Option<String> = None;
     let mut assignment_version: Option<u64> = None;
     let mut shut_out = false;
-    let mut ticker = tokio::time::interval(period);
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut ticker = ticker(period);
     loop {
         tokio::select! {
             biased;
@@ -265,7 +274,7 @@ async fn heartbeat(ctx: Arc<WorkerContext>, period: Duration) {
             continue;
         }
         let (metric_stats, operating_range) = samples.next(last_written.is_some());
-        let secs = ctx.wall.now_secs().max(last_written.map_or(0, |s| s + 1));
+        let secs = next_secs(&ctx, last_written);
         let held = ctx.registry.all();
         let row = WorkerMetrics {
             metric_stats,
